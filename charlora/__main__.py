@@ -1,0 +1,5 @@
+import sys
+
+from charlora.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Base models: the tiny offline test model, SD checkpoint layouts, and loading."""

@@ -1,0 +1,166 @@
+"""Configs as Kohya's GUI writes them: load loosely, normalise strictly, save so Kohya opens them.
+
+Rules (docs/parameters.md has the table):
+- a missing key takes CharLoRA's documented default, never a value left over from before;
+- an unknown key is reported by name in a warning and otherwise ignored;
+- a bad or unsupported value is an error naming the key, the value and what to do,
+  and every bad key of a file is reported at once;
+- secrets (API keys, tokens) are never written back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..errors import ConfigError
+from ..fileio import atomic_write_text
+from .spec import show
+from .table import PARAMS, PARAMS_BY_KEY
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # Kohya configs are a few KB; anything this big is not one
+
+
+@dataclass
+class LoadedConfig:
+    values: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    source: str | None = None
+
+
+def normalize(raw: Mapping[str, Any], source: str | None = None) -> LoadedConfig:
+    """Check and normalise a raw Kohya-style mapping. Raises ConfigError listing every bad key."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"a config must be a JSON object of key: value pairs, not a {type(raw).__name__}"],
+                          source)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    warnings: list[str] = []
+    for param in PARAMS:
+        if param.key not in raw:
+            values[param.key] = param.default
+            continue
+        try:
+            value = param.coerce(raw[param.key])
+        except ValueError as exc:
+            problems.append(f"{param.key}: {exc}")
+            continue
+        refusal = param.check_allowed(value)
+        if refusal:
+            problems.append(f"{param.key}: {refusal}")
+            continue
+        if param.secret:
+            if value:
+                warnings.append(f"{param.key}: a secret was given; it is not used and will never be saved")
+            value = param.default
+        elif param.effect == "ignored" and value != param.default:
+            warnings.append(f"{param.key} = {show(value)} has no effect: {param.reason}")
+        values[param.key] = value
+    unknown = sorted(str(k) for k in raw if k not in PARAMS_BY_KEY)
+    if unknown:
+        warnings.append("unknown keys ignored: " + ", ".join(show(k, 40) for k in unknown[:50])
+                        + (f" and {len(unknown) - 50} more" if len(unknown) > 50 else ""))
+    if not problems:
+        problems = cross_check(values)
+    if problems:
+        raise ConfigError(problems, source)
+    return LoadedConfig(values, warnings, source)
+
+
+def cross_check(values: Mapping[str, Any]) -> list[str]:
+    """Problems that involve more than one key, named by all the keys involved."""
+    problems = []
+    if values["min_bucket_reso"] > values["max_bucket_reso"]:
+        problems.append(f"min_bucket_reso ({values['min_bucket_reso']}) is larger than max_bucket_reso "
+                        f"({values['max_bucket_reso']})")
+    if values["min_timestep"] >= values["max_timestep"]:
+        problems.append(f"min_timestep ({values['min_timestep']}) must be below max_timestep "
+                        f"({values['max_timestep']})")
+    if values["full_fp16"] and values["full_bf16"]:
+        problems.append("full_fp16 and full_bf16 are both on; choose one")
+    if values["full_fp16"] and values["mixed_precision"] != "fp16":
+        problems.append(f"full_fp16 needs mixed_precision fp16 (it is {values['mixed_precision']})")
+    if values["full_bf16"] and values["mixed_precision"] != "bf16":
+        problems.append(f"full_bf16 needs mixed_precision bf16 (it is {values['mixed_precision']})")
+    if values["cache_latents"] or values["cache_latents_to_disk"]:
+        for aug in ("color_aug", "random_crop"):
+            if values[aug]:
+                problems.append(f"cache_latents cannot be used with {aug}: a cached latent would freeze one "
+                                f"version of each image; turn off {aug} or cache_latents/cache_latents_to_disk")
+    if values["learning_rate"] == 0 and values["unet_lr"] == 0 and values["text_encoder_lr"] == 0:
+        problems.append("learning_rate, unet_lr and text_encoder_lr are all 0: nothing would train")
+    return problems
+
+
+def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:
+    """`--set key=value` pairs. Unknown keys are errors here: on a command line they are typos."""
+    parsed: dict[str, str] = {}
+    problems = []
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"--set {show(item)}: expected key=value")
+        elif key not in PARAMS_BY_KEY:
+            problems.append(f"--set {key}: unknown key (see `python -m charlora params`)")
+        else:
+            parsed[key] = value
+    if problems:
+        raise ConfigError(problems, "the command line")
+    return parsed
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a Kohya JSON file into a raw mapping, with a clear error for anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"no such file: {path}"], str(path))
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError([f"the file is {path.stat().st_size:,} bytes; a Kohya config is a few KB. "
+                           "Is this the right file?"], str(path))
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # Windows editors may add a BOM
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not a text file (byte {exc.start} is not UTF-8); a config is a JSON text file"],
+                          str(path)) from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"],
+                          str(path)) from None
+    except RecursionError:
+        raise ConfigError(["not a Kohya config: the JSON is nested far too deeply"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"a config must be a JSON object of key: value pairs, not a JSON {_json_kind(raw)}"],
+                          str(path))
+    return raw
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> LoadedConfig:
+    """Load a Kohya JSON config (and optional `key=value` overrides) into normalised values."""
+    raw = read_config_file(path)
+    raw.update(parse_assignments(overrides))
+    return normalize(raw, str(path))
+
+
+def to_kohya(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values in the shapes Kohya's GUI writes, keys sorted, secrets left out."""
+    return {p.key: p.to_kohya(values.get(p.key, p.default))
+            for p in sorted(PARAMS, key=lambda p: p.key) if not p.secret}
+
+
+def dump_kohya(values: Mapping[str, Any]) -> str:
+    return json.dumps(to_kohya(values), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def save_config(values: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write a Kohya-compatible JSON config atomically (never a half-written file)."""
+    return atomic_write_text(path, dump_kohya(values))
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)

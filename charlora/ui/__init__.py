@@ -1,0 +1,1 @@
+"""The Gradio app: one file per tab. It only calls the engine's public functions."""

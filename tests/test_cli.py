@@ -1,0 +1,71 @@
+"""The command line, run as a user runs it: a real subprocess, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO.parent / "shared" / "seed-kohya-config.json"
+
+
+def run(*args, cwd=REPO):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "charlora", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_subcommands():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("config", "params", "make-tiny-model"):
+        assert command in result.stdout
+
+
+def test_config_check_seed_prints_normalised_json():
+    result = run("config", "check", SEED)
+    assert result.returncode == 0, result.stderr
+    values = json.loads(result.stdout)
+    expected = {"network_dim": 128, "network_alpha": 1.0, "learning_rate": 1e-4, "unet_lr": 1e-4,
+                "text_encoder_lr": 5e-5, "lr_scheduler": "cosine", "lr_warmup": 10, "epoch": 12,
+                "train_batch_size": 1, "optimizer": "AdamW8bit", "mixed_precision": "fp16", "clip_skip": 1,
+                "max_resolution": "512,512", "seed": None}
+    assert {k: values[k] for k in expected} == expected
+    assert result.stderr == ""
+
+
+def test_config_check_set_overrides():
+    result = run("config", "check", SEED, "--set", "network_dim=64", "--set", "seed=1234")
+    assert result.returncode == 0, result.stderr
+    values = json.loads(result.stdout)
+    assert values["network_dim"] == 64 and values["seed"] == 1234
+
+
+def test_config_check_bad_file_exits_2_with_every_problem(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"network_dim": "abc", "sdxl": True, "mystery": 1}))
+    result = run("config", "check", bad)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "network_dim" in result.stderr and "'abc'" in result.stderr
+    assert "sdxl" in result.stderr and "SDXL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_check_not_json(tmp_path):
+    bad = tmp_path / "notes.json"
+    bad.write_text("hello")
+    result = run("config", "check", bad)
+    assert result.returncode == 2 and "not valid JSON" in result.stderr and "notes.json" in result.stderr
+
+
+def test_params_markdown_matches_docs():
+    result = run("params", "--markdown")
+    assert result.returncode == 0
+    assert result.stdout == (REPO / "docs" / "parameters.md").read_text()
+
+
+def test_params_unknown_group():
+    result = run("params", "--group", "nope")
+    assert result.returncode == 2 and "network" in result.stderr

@@ -1,0 +1,54 @@
+"""The app starts on 127.0.0.1 and shows the four tabs; the Parameters tab is built from the table."""
+
+import json
+import socket
+import urllib.request
+
+import pytest
+
+from charlora.params import PARAMS
+from charlora.ui.app import TAB_NAMES, build_app, parse_args
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_config():
+    demo = build_app()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as response:
+            yield json.load(response)
+    finally:
+        demo.close()
+
+
+def test_four_tabs_in_order(app_config):
+    tabs = [c["props"]["label"] for c in app_config["components"] if c["type"] == "tabitem"]
+    assert tabs == list(TAB_NAMES) == ["Dataset", "Parameters", "Training", "Evaluation"]
+
+
+def test_parameters_tab_has_a_control_for_every_non_secret_param(app_config):
+    elem_ids = {c["props"].get("elem_id") for c in app_config["components"]}
+    for param in PARAMS:
+        if not param.secret:
+            assert f"param-{param.key}" in elem_ids, param.key
+    assert "param-wandb_api_key" not in elem_ids
+
+
+def test_dim_alpha_lr_are_sliders(app_config):
+    kinds = {c["props"].get("elem_id"): c["type"] for c in app_config["components"]}
+    for key in ("network_dim", "network_alpha", "learning_rate", "unet_lr", "text_encoder_lr"):
+        assert kinds[f"param-{key}"] == "slider", key
+
+
+def test_listen_needs_auth():
+    with pytest.raises(SystemExit):
+        parse_args(["--listen"])
+    args = parse_args(["--listen", "--auth", "me:pw", "--port", "9000"])
+    assert args.listen and args.port == 9000
