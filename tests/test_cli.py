@@ -69,3 +69,12 @@ def test_params_markdown_matches_docs():
 def test_params_unknown_group():
     result = run("params", "--group", "nope")
     assert result.returncode == 2 and "network" in result.stderr
+
+
+def test_make_tiny_model_writes_both_forms(tmp_path):
+    result = run("make-tiny-model", tmp_path / "tiny", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "tiny" / "tiny-sd15"
+    single = tmp_path / "tiny" / "tiny-sd15.safetensors"
+    assert (folder / "model_index.json").is_file() and single.is_file()
+    assert str(single) in result.stdout and single.stat().st_size < 20 * 1024 * 1024
