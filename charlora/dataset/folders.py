@@ -1,0 +1,150 @@
+"""Reading Kohya's dataset layout: concept folders `<repeats>_<class tokens>` under a parent folder.
+
+`img/10_wwaa girl/x.png` is one training image seen 10 times per epoch; its caption is the first
+line of `x<caption_extension>`, or the class tokens "wwaa girl" when there is no caption file.
+Nothing here stops on a bad file: every problem is recorded with its file for the report.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .images import IMAGE_EXTENSIONS, is_image_path, upright_size, verify_image
+
+KOHYA_DEFAULT_CAPTION_EXTENSION = ".caption"  # what sd-scripts uses when the GUI's field is empty
+_IGNORED_FILES = (".npz",)  # Kohya's own latent cache files sit beside the images
+_CONCEPT = re.compile(r"^(\d+)_(.*)$")
+LAYOUT_HINT = "train_data_dir must be the parent of folders like 10_name (10 = repeats, name = class tokens)"
+
+
+@dataclass
+class Problem:
+    file: str
+    problem: str
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "problem": self.problem}
+
+
+@dataclass
+class ImageItem:
+    path: Path
+    caption: str
+    caption_from_file: bool
+    size: tuple[int, int]  # upright (width, height)
+
+
+@dataclass
+class Concept:
+    folder: Path
+    repeats: int
+    class_tokens: str
+    is_reg: bool = False
+    images: list[ImageItem] = field(default_factory=list)
+    captions_missing: int = 0
+    captions_empty: int = 0
+
+    @property
+    def trigger(self) -> str:
+        """Kohya's convention: the first class token is the trigger word ("wwaa girl" -> "wwaa")."""
+        return self.class_tokens.split()[0] if self.class_tokens.split() else ""
+
+    def summary(self) -> dict:
+        return {"folder": self.folder.name, "repeats": self.repeats, "class_tokens": self.class_tokens,
+                "images": len(self.images), "captions_found": len(self.images) - self.captions_missing,
+                "captions_missing": self.captions_missing, "captions_empty": self.captions_empty}
+
+
+def resolve_caption_extension(caption_extension: str) -> str:
+    ext = (caption_extension or "").strip() or KOHYA_DEFAULT_CAPTION_EXTENSION
+    return ext if ext.startswith(".") else "." + ext
+
+
+def parse_concept_name(name: str) -> tuple[int, str] | None:
+    """'10_wwaa girl' -> (10, 'wwaa girl'); None when the name has no leading repeat count."""
+    match = _CONCEPT.match(name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def read_caption(path: Path) -> tuple[str | None, str | None]:
+    """(first line of the caption file, problem). UTF-8 with or without BOM."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        return None, "caption file is not UTF-8 text; the class tokens are used instead (save it as UTF-8)"
+    except OSError as exc:
+        return None, f"caption file cannot be read ({exc})"
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    if not first:
+        return None, "caption file is empty (or its first line is); the class tokens are used instead"
+    return first, None
+
+
+def scan_concept(folder: Path, repeats: int, class_tokens: str, caption_extension: str, is_reg: bool,
+                 problems: list[Problem]) -> Concept:
+    concept = Concept(folder, repeats, class_tokens, is_reg)
+    ext = resolve_caption_extension(caption_extension)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    image_stems = set()
+    for path in files:
+        if not is_image_path(path):
+            continue
+        image_stems.add(path.stem)
+        reason = verify_image(path)
+        if reason:
+            problems.append(Problem(str(path), reason))
+            continue
+        caption_path = path.with_name(path.stem + ext)
+        caption, from_file = class_tokens, False
+        if caption_path.is_file():
+            text, caption_problem = read_caption(caption_path)
+            if caption_problem:
+                problems.append(Problem(str(caption_path), caption_problem))
+                concept.captions_empty += 1
+            else:
+                caption, from_file = text, True
+        else:
+            concept.captions_missing += 1
+            problems.append(Problem(str(path), f"no caption file {caption_path.name}; "
+                                               f"the class tokens {class_tokens!r} are the caption"))
+        concept.images.append(ImageItem(path, caption, from_file, upright_size(path)))
+    for path in files:
+        if is_image_path(path) or path.suffix.lower() in _IGNORED_FILES:
+            continue
+        if path.name.endswith(ext):
+            if path.name[: -len(ext)] not in image_stems:
+                problems.append(Problem(str(path), "caption file without an image of the same name"))
+        elif path.suffix.lower() in (".txt", ".caption") and path.stem in image_stems:
+            problems.append(Problem(str(path), f"looks like a caption, but caption_extension is {ext!r}; "
+                                               f"set caption_extension to {path.suffix!r} to use these captions"))
+        else:
+            problems.append(Problem(str(path), "not an image this trainer reads "
+                                               f"({', '.join(IMAGE_EXTENSIONS)}); ignored"))
+    if concept.repeats == 0:
+        problems.append(Problem(str(folder), "repeat count is 0: these images would never be trained"))
+    return concept
+
+
+def scan_parent(parent: Path, caption_extension: str, is_reg: bool, problems: list[Problem]) -> list[Concept]:
+    """All concept folders under `parent` (train_data_dir or reg_data_dir), in name order."""
+    key = "reg_data_dir" if is_reg else "train_data_dir"
+    concepts: list[Concept] = []
+    if parse_concept_name(parent.name) and any(is_image_path(p) for p in parent.iterdir()):
+        problems.append(Problem(str(parent), f"{key} points at a concept folder itself; "
+                                             f"use its parent folder ({parent.parent}). {LAYOUT_HINT}"))
+        return concepts
+    for entry in sorted(parent.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            parsed = parse_concept_name(entry.name)
+            if parsed is None:
+                problems.append(Problem(str(entry), f"folder name has no leading repeat count, so it is ignored; "
+                                                    f"rename it like '10_{entry.name}'. {LAYOUT_HINT}"))
+                continue
+            concepts.append(scan_concept(entry, parsed[0], parsed[1], caption_extension, is_reg, problems))
+        elif is_image_path(entry):
+            problems.append(Problem(str(entry), f"image directly in {key} is ignored; {LAYOUT_HINT}"))
+    return concepts

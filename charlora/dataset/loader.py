@@ -1,0 +1,98 @@
+"""Batches for the trainer: one bucket per batch, shuffled per epoch, deterministic under `seed`.
+
+Each item of `BucketBatches` is a whole batch (as in Kohya), so a torch DataLoader runs with
+`batch_size=None`. With latents cached, an epoch never opens an image file; without, each sample is
+loaded, augmented and resized in the loader's workers, off the training thread.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from PIL import ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import color_augment, random_crop_offset
+from .buckets import resize_and_crop
+from .cache import LatentCache, image_to_tensor
+from .captions import process_caption, sample_rng
+from .images import load_rgb
+from .plan import DatasetPlan
+
+
+def epoch_batches(plan: DatasetPlan, epoch: int, seed: int) -> list[list[int]]:
+    """Sample indices of every batch of `epoch` (1-based): each sample `repeats` times, batches inside
+    one bucket, the order of samples and of batches shuffled reproducibly."""
+    rng = random.Random(f"{seed}:batches:{epoch}")
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for index, sample in enumerate(plan.samples):
+        buckets.setdefault(sample.choice.bucket, []).extend([index] * sample.repeats)
+    batches = []
+    for size in sorted(buckets):
+        members = buckets[size]
+        rng.shuffle(members)
+        batches += [members[i:i + plan.batch_size] for i in range(0, len(members), plan.batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class BucketBatches(Dataset):
+    def __init__(self, plan: DatasetPlan, values: dict, seed: int, cache: LatentCache | None = None):
+        self.plan = plan
+        self.values = values
+        self.seed = seed
+        self.cache = cache
+        self.prior_loss_weight = values["prior_loss_weight"]
+        # shared memory, so data-loader workers see the epoch the trainer sets
+        self._epoch = torch.ones(1, dtype=torch.long).share_memory_()
+        self._batches_epoch = 1
+        self._batches = epoch_batches(plan, 1, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the 1-based epoch before iterating over it."""
+        self._epoch[0] = epoch
+        self._batches_for(epoch)
+
+    def _batches_for(self, epoch: int) -> list[list[int]]:
+        # a persistent worker holds its own copy of this object: it recomputes once per epoch
+        if epoch != self._batches_epoch:
+            self._batches = epoch_batches(self.plan, epoch, self.seed)
+            self._batches_epoch = epoch
+        return self._batches
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __getitem__(self, index: int) -> dict:
+        epoch = int(self._epoch[0])
+        batch = self._batches_for(epoch)[index]
+        captions, weights, paths, tensors = [], [], [], []
+        for position, sample_index in enumerate(batch):
+            sample = self.plan.samples[sample_index]
+            rng = sample_rng(self.seed, epoch, index, f"{position}")
+            captions.append(process_caption(sample.item.caption, self.values, epoch, rng))
+            weights.append(self.prior_loss_weight if sample.is_reg else 1.0)
+            paths.append(str(sample.item.path))
+            flip = self.values["flip_aug"] and rng.random() < 0.5
+            if self.cache is not None:
+                entry = self.cache.get(sample)
+                tensors.append(entry.flipped if flip else entry.latent)
+            else:
+                image = load_rgb(sample.item.path)
+                offset = random_crop_offset(sample.choice, rng) if self.values["random_crop"] else None
+                image = resize_and_crop(image, sample.choice, offset)
+                if self.values["color_aug"]:
+                    image = color_augment(image, rng)
+                if flip:
+                    image = ImageOps.mirror(image)
+                tensors.append(image_to_tensor(image))
+        key = "latents" if self.cache is not None else "pixels"
+        return {key: torch.stack(tensors), "captions": captions, "loss_weights": torch.tensor(weights),
+                "paths": paths, "bucket": self.plan.samples[batch[0]].choice.bucket}
+
+
+def make_loader(dataset: BucketBatches, values: dict) -> DataLoader:
+    workers = values["max_data_loader_n_workers"]
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                      persistent_workers=workers > 0 and values["persistent_data_loader_workers"])

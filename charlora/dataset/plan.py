@@ -1,0 +1,137 @@
+"""The dataset as the trainer sees it: samples, buckets and step counts, exactly as Kohya counts them.
+
+- Each training image appears `repeats` times per epoch.
+- Regularisation images are cycled until their samples equal the training samples (Kohya's loop:
+  first pass registers each reg image with its folder's repeats, then one more repeat per image in
+  turn); surplus reg images go unused.
+- Batches are formed inside one bucket: batches = sum over buckets of ceil(samples / batch size).
+- Update steps per epoch = ceil(ceil(batches / processes) / gradient accumulation).
+- Total: max_train_steps when set; else (max_train_epochs or epoch) x steps per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .buckets import BucketChoice, BucketPlanner
+from .folders import Concept, ImageItem, Problem, scan_parent
+
+
+@dataclass
+class Sample:
+    """One image of the dataset with how often it is seen per epoch and where it goes."""
+
+    item: ImageItem
+    concept: Concept
+    repeats: int
+    choice: BucketChoice
+
+    @property
+    def is_reg(self) -> bool:
+        return self.concept.is_reg
+
+
+@dataclass
+class DatasetPlan:
+    concepts: list[Concept]
+    reg_concepts: list[Concept]
+    samples: list[Sample]
+    problems: list[Problem] = field(default_factory=list)
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    num_processes: int = 1
+    epochs: int = 1
+    max_train_steps: int | None = None
+
+    @property
+    def num_train_samples(self) -> int:
+        return sum(s.repeats for s in self.samples if not s.is_reg)
+
+    @property
+    def num_reg_samples(self) -> int:
+        return sum(s.repeats for s in self.samples if s.is_reg)
+
+    @property
+    def bucket_counts(self) -> dict[tuple[int, int], int]:
+        """Samples per epoch in each bucket (repeats counted), sorted by size."""
+        counts: Counter = Counter()
+        for sample in self.samples:
+            counts[sample.choice.bucket] += sample.repeats
+        return dict(sorted(counts.items()))
+
+    @property
+    def bucket_images(self) -> dict[tuple[int, int], int]:
+        """Distinct images in each bucket."""
+        return dict(sorted(Counter(s.choice.bucket for s in self.samples).items()))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(math.ceil(n / self.batch_size) for n in self.bucket_counts.values())
+
+    @property
+    def steps_per_epoch(self) -> int:
+        per_process = math.ceil(self.batches_per_epoch / self.num_processes)
+        return math.ceil(per_process / self.gradient_accumulation_steps)
+
+    @property
+    def total_steps(self) -> int:
+        if self.max_train_steps:
+            return self.max_train_steps
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def total_epochs(self) -> int:
+        if self.max_train_steps and self.steps_per_epoch:
+            return math.ceil(self.max_train_steps / self.steps_per_epoch)
+        return self.epochs
+
+
+def balance_reg_repeats(reg_items: list[tuple[ImageItem, Concept]], num_train_samples: int) -> list[int]:
+    """Kohya's balancing: repeats for each reg image so reg samples == training samples."""
+    repeats = [0] * len(reg_items)
+    if not reg_items:
+        return repeats
+    total = 0
+    first_loop = True
+    while total < num_train_samples:
+        for i, (_, concept) in enumerate(reg_items):
+            if first_loop:
+                repeats[i] = concept.repeats
+                total += concept.repeats
+            else:
+                repeats[i] += 1
+                total += 1
+            if total >= num_train_samples:
+                break
+        if first_loop and all(c.repeats == 0 for _, c in reg_items):
+            break  # nothing can ever be added; avoid looping forever on a 0_ folder
+        first_loop = False
+    return repeats
+
+
+def build_plan(values: dict, num_processes: int = 1, problems: list[Problem] | None = None) -> DatasetPlan:
+    """Scan `train_data_dir` (and `reg_data_dir`) and plan buckets and steps for the normalised config."""
+    problems = [] if problems is None else problems
+    planner = BucketPlanner.from_config(values)
+    concepts = scan_parent(Path(values["train_data_dir"]), values["caption_extension"], False, problems)
+    reg_concepts = []
+    if values["reg_data_dir"]:
+        reg_concepts = scan_parent(Path(values["reg_data_dir"]), values["caption_extension"], True, problems)
+
+    samples = [Sample(item, c, c.repeats, planner.select(*item.size))
+               for c in concepts for item in c.images if c.repeats > 0]
+    num_train = sum(s.repeats for s in samples)
+    reg_items = [(item, c) for c in reg_concepts for item in c.images]
+    for (item, concept), repeats in zip(reg_items, balance_reg_repeats(reg_items, num_train)):
+        if repeats > 0:
+            samples.append(Sample(item, concept, repeats, planner.select(*item.size)))
+
+    return DatasetPlan(
+        concepts=concepts, reg_concepts=reg_concepts, samples=samples, problems=problems,
+        batch_size=values["train_batch_size"], gradient_accumulation_steps=values["gradient_accumulation_steps"],
+        num_processes=num_processes, epochs=values["max_train_epochs"] or values["epoch"],
+        max_train_steps=values["max_train_steps"],
+    )
