@@ -14,6 +14,7 @@ from .spec import Param
 _LYCORIS = "used by LyCORIS/LoCon network types only; no effect with LoRA_type Standard"
 _BLOCKWISE = "block-wise dims, alphas and learning rates are not supported yet; leave it empty"
 _NOT_YET = "not implemented yet"
+_PEFT_DROPOUT = "the peft LoRA layers CharLoRA trains have no such dropout; use network_dropout"
 
 KOHYA_LORA_TYPES = (
     "Standard", "Kohya DyLoRA", "Kohya LoCon", "LoRA-FA", "LyCORIS/BOFT", "LyCORIS/Diag-OFT",
@@ -128,11 +129,11 @@ PARAMS: tuple[Param, ...] = (
     Param("dim_from_weights", "bool", False, "network", tier="basic",
           help="Take network_dim from lora_network_weights."),
     Param("network_dropout", "float", 0.0, "network", min=0.0, max=1.0, step=0.01,
-          help="Dropout on the LoRA's inner activations."),
-    Param("rank_dropout", "float", 0.0, "network", min=0.0, max=1.0, step=0.01,
-          help="Dropout of whole rank channels."),
-    Param("module_dropout", "float", 0.0, "network", min=0.0, max=1.0, step=0.01,
-          help="Chance of skipping a whole LoRA module in a step."),
+          help="Dropout on the input of each LoRA module (peft's lora_dropout)."),
+    Param("rank_dropout", "float", 0.0, "network", min=0.0, max=1.0, step=0.01, effect="restricted",
+          allowed=(0.0,), reason=_PEFT_DROPOUT, help="Dropout of whole rank channels."),
+    Param("module_dropout", "float", 0.0, "network", min=0.0, max=1.0, step=0.01, effect="restricted",
+          allowed=(0.0,), reason=_PEFT_DROPOUT, help="Chance of skipping a whole LoRA module in a step."),
     Param("scale_weight_norms", "float", 0.0, "network", min=0.0, max=100.0, effect="restricted",
           allowed=(0.0,), reason=_NOT_YET, help="Max-norm regularisation of LoRA weights (0 = off)."),
     Param("conv_dim", "int", 1, "network", min=0, max=1024, effect="ignored", reason=_LYCORIS,

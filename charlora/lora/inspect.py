@@ -1,0 +1,78 @@
+"""`lora inspect`: what a LoRA file is, like Kohya's "Verify LoRA" and more."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import torch
+
+from .kohya_file import LoRAFileError, classify, load_lora_weights, read_header
+from .targets import TE_PREFIX, UNET_PREFIX
+
+_BLOCK = re.compile(r"^lora_unet_(down_blocks_\d+|up_blocks_\d+|mid_block)|^lora_te_text_model_encoder_layers_(\d+)_")
+
+
+def block_of(name: str) -> str:
+    match = _BLOCK.match(name)
+    if not match:
+        return "other"
+    if match.group(1):
+        return "unet " + re.sub(r"_(\d+)$", r".\1", match.group(1))
+    return f"text encoder layer {int(match.group(2)):02d}"
+
+
+def inspect_lora(path) -> dict:
+    """A description of the file. Raises LoRAFileError with a verdict when it is not a loadable LoRA."""
+    header = read_header(path)
+    kind, explanation = classify(header)
+    if kind != "lora":
+        raise LoRAFileError(f"{header.path} is {explanation}")
+    _, weights = load_lora_weights(path)
+    ranks = sorted({down.shape[0] for down, _, _ in weights.values()})
+    alphas = sorted({alpha for _, _, alpha in weights.values()})
+    norms: dict[str, float] = {}
+    for name, (down, up, alpha) in weights.items():
+        delta = up.flatten(1) @ down.flatten(1) * (alpha / down.shape[0])
+        block = block_of(name)
+        norms[block] = norms.get(block, 0.0) + float(torch.linalg.matrix_norm(delta) ** 2)
+    meta = header.metadata
+    version = meta.get("ss_base_model_version") or ("sd_v1 (from key names)" if any(
+        n.startswith(TE_PREFIX) for n in weights) or weights else "unknown")
+    return {
+        "file": str(header.path),
+        "verdict": f"{explanation}, loadable in AUTOMATIC1111, ComfyUI and diffusers",
+        "base_model_version": version,
+        "network_module": meta.get("ss_network_module", "networks.lora"),
+        "rank": ranks[0] if len(ranks) == 1 else ranks,
+        "alpha": alphas[0] if len(alphas) == 1 else alphas,
+        "scale": alphas[0] / ranks[0] if len(ranks) == len(alphas) == 1 else None,
+        "modules": {"unet": sum(n.startswith(UNET_PREFIX) for n in weights),
+                    "text_encoder": sum(n.startswith(TE_PREFIX) for n in weights)},
+        "precision": sorted(set(header.dtypes.values())),
+        "alpha_written": all(f"{n}.alpha" in header.shapes for n in weights),
+        "block_weight_norms": {b: math.sqrt(v) for b, v in sorted(norms.items())},
+        "metadata": dict(sorted(meta.items())),
+    }
+
+
+def format_report(info: dict) -> str:
+    lines = [f"{info['file']}", f"  verdict:        {info['verdict']}",
+             f"  base model:     {info['base_model_version']}",
+             f"  rank / alpha:   {info['rank']} / {info['alpha']}  (scale {info['scale']})",
+             f"  modules:        {info['modules']['unet']} UNet, {info['modules']['text_encoder']} text encoder",
+             f"  precision:      {', '.join(info['precision'])}"]
+    if not info["alpha_written"]:
+        lines.append("  note:           some modules have no .alpha; A1111 then uses a scale of 1")
+    lines.append("  weight norm per block (|delta W|, alpha/rank applied):")
+    lines += [f"    {block:<24} {norm:.6g}" for block, norm in info["block_weight_norms"].items()]
+    lines.append(f"  metadata ({len(info['metadata'])} fields):")
+    for key, value in info["metadata"].items():
+        shown = value if len(value) <= 100 else value[:97] + "..."
+        lines.append(f"    {key} = {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(info: dict) -> str:
+    return json.dumps(info, indent=2, ensure_ascii=False)

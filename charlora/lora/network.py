@@ -1,0 +1,139 @@
+"""LoRA on Kohya's SD 1.5 targets, with peft.
+
+peft's LoRA layers are exactly Kohya's: `lora_A` is Kohya's `lora_down` (kaiming-uniform init),
+`lora_B` is `lora_up` (zeros, so training starts from the base model), the effect is
+W x + B(A(x)) * alpha / rank, and 1x1 convolutions stay 1x1 convolutions. Only the names and the
+file differ; `kohya_file.py` translates those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from ..errors import CharLoRAError
+from .targets import kohya_name, text_encoder_targets, unet_targets
+
+ADAPTER = "default"
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    rank: int
+    alpha: float  # Kohya's network_alpha with "0 means alpha = rank" already applied
+    dropout: float = 0.0
+    train_unet: bool = True
+    train_text_encoder: bool = True
+    unet_lr: float = 1e-4
+    text_encoder_lr: float = 5e-5
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @classmethod
+    def from_config(cls, values: dict, rank: int | None = None) -> "LoRASettings":
+        """From normalised config values. Learning rates as Kohya's GUI: a text-encoder lr of 0 (with
+        a UNet lr set) trains the UNet only, a UNet lr of 0 the text encoder only; where both are 0,
+        `learning_rate` is used for both."""
+        rank = rank or values["network_dim"]
+        alpha = values["network_alpha"] or float(rank)
+        base = values["learning_rate"]
+        unet_lr, te_lr = values["unet_lr"], values["text_encoder_lr"]
+        if unet_lr == 0 and te_lr == 0:
+            unet_lr = te_lr = base
+        if unet_lr == 0 and te_lr == 0:
+            raise CharLoRAError("learning_rate, unet_lr and text_encoder_lr are all 0: nothing would train")
+        return cls(rank=rank, alpha=float(alpha), dropout=values["network_dropout"], train_unet=unet_lr > 0,
+                   train_text_encoder=te_lr > 0, unet_lr=unet_lr, text_encoder_lr=te_lr)
+
+
+class LoRANetwork:
+    """The LoRA layers injected into a UNet and/or text encoder, addressed by Kohya name."""
+
+    def __init__(self, unet: nn.Module | None, text_encoder: nn.Module | None, settings: LoRASettings):
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.settings = settings
+        self.layers: dict[str, tuple[str, LoraLayer]] = {}  # kohya name -> (part, peft layer)
+        for part, model, targets in (("unet", unet, unet_targets), ("te", text_encoder, text_encoder_targets)):
+            if model is None:
+                continue
+            paths = targets(model)
+            config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                                target_modules=paths, init_lora_weights=True)
+            inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+            modules = dict(model.named_modules())
+            for path in paths:
+                layer = modules[path]
+                if not isinstance(layer, LoraLayer):
+                    raise RuntimeError(f"peft did not wrap {path}")
+                self.layers[kohya_name(path, part)] = (part, layer)
+        self.to_dtype(torch.float32)
+
+    @classmethod
+    def attach(cls, unet, text_encoder, settings: LoRASettings) -> "LoRANetwork":
+        """Attach to the parts that are trained (Kohya creates no text-encoder modules for UNet-only runs)."""
+        return cls(unet if settings.train_unet else None, text_encoder if settings.train_text_encoder else None,
+                   settings)
+
+    def to_dtype(self, dtype: torch.dtype) -> None:
+        """LoRA weights train in fp32 even when the base model runs in fp16 (unless full_fp16/bf16)."""
+        for _, layer in self.layers.values():
+            for module in (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]):
+                module.to(dtype=dtype)
+
+    def parameters(self, part: str | None = None) -> list[nn.Parameter]:
+        params = []
+        for layer_part, layer in self.layers.values():
+            if part is None or layer_part == part:
+                params += [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight]
+        return params
+
+    def parts(self) -> list[str]:
+        return sorted({part for part, _ in self.layers.values()})
+
+    def set_multiplier(self, multiplier: float) -> None:
+        """Scale the LoRA's effect, like A1111's <lora:name:multiplier> (1 = as trained)."""
+        for _, layer in self.layers.values():
+            layer.set_scale(ADAPTER, multiplier)
+
+    def kohya_tensors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        """Kohya name -> (down weight, up weight, alpha), detached, on the CPU, in their own dtype."""
+        out = {}
+        for name, (_, layer) in self.layers.items():
+            down = layer.lora_A[ADAPTER].weight.detach().cpu()
+            up = layer.lora_B[ADAPTER].weight.detach().cpu()
+            out[name] = (down, up, float(layer.lora_alpha[ADAPTER]))
+        return out
+
+    def load_kohya_tensors(self, weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], source: str) -> None:
+        """Copy weights in (warm start, resume). Every module must be present with matching shapes."""
+        missing = sorted(set(self.layers) - set(weights))
+        extra = sorted(set(weights) - set(self.layers))
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} modules of this network are not in the file (e.g. {missing[0]})")
+        if extra:
+            problems.append(f"{len(extra)} modules of the file are not in this network (e.g. {extra[0]})")
+        for name in sorted(set(self.layers) & set(weights)):
+            _, layer = self.layers[name]
+            down, up, _ = weights[name]
+            if down.shape != layer.lora_A[ADAPTER].weight.shape or up.shape != layer.lora_B[ADAPTER].weight.shape:
+                problems.append(f"{name}: rank or shape differs (file {tuple(down.shape)}, network "
+                                f"{tuple(layer.lora_A[ADAPTER].weight.shape)}); set network_dim to the file's "
+                                "rank or turn on dim_from_weights")
+                break
+        if problems:
+            raise CharLoRAError(f"{source} does not fit this network: " + "; ".join(problems))
+        with torch.no_grad():
+            for name, (_, layer) in self.layers.items():
+                down, up, alpha = weights[name]
+                layer.lora_A[ADAPTER].weight.copy_(down)
+                layer.lora_B[ADAPTER].weight.copy_(up)
+                layer.lora_alpha[ADAPTER] = alpha
+                layer.scaling[ADAPTER] = alpha / layer.r[ADAPTER]
