@@ -4,6 +4,20 @@ import logging
 
 __version__ = "0.1.0"
 
-# bitsandbytes warns at import, on every CPU with AVX512-BF16, that optional 4-bit CPU kernels are
-# missing; CharLoRA never uses 4-bit layers, so the message only alarms users.
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+# Messages from libraries that only alarm users: bitsandbytes warns at import that optional 4-bit CPU
+# kernels are missing (CharLoRA never uses 4-bit layers); transformers warns that torchvision is absent
+# (only its image processors want it, and they fall back to PIL; nothing here uses them).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+logging.getLogger("transformers.utils.import_utils").addFilter(_DropMessages("requires torchvision (not installed)"))
+# The CLI and the GUI show the engine's messages themselves (events); no second copy on stderr.
+logging.getLogger("charlora").addHandler(logging.NullHandler())

@@ -1,5 +1,8 @@
 """Batches for the trainer: one bucket per batch, shuffled per epoch, deterministic under `seed`.
 
+Every process reads the same global batch (batch size x processes); the trainer draws noise for the
+whole batch and keeps its own slice, so N processes train exactly like one with N times the batch.
+
 Each item of `BucketBatches` is a whole batch (as in Kohya), so a torch DataLoader runs with
 `batch_size=None`. With latents cached, an epoch never opens an image file; without, each sample is
 loaded, augmented and resized in the loader's workers, off the training thread.
@@ -22,8 +25,9 @@ from .plan import DatasetPlan
 
 
 def epoch_batches(plan: DatasetPlan, epoch: int, seed: int) -> list[list[int]]:
-    """Sample indices of every batch of `epoch` (1-based): each sample `repeats` times, batches inside
-    one bucket, the order of samples and of batches shuffled reproducibly."""
+    """Sample indices of every batch of `epoch` (1-based): each sample `repeats` times, batches of
+    `plan.global_batch_size` inside one bucket, the order of samples and of batches shuffled
+    reproducibly. With several processes each takes its slice of every batch (the trainer slices)."""
     rng = random.Random(f"{seed}:batches:{epoch}")
     buckets: dict[tuple[int, int], list[int]] = {}
     for index, sample in enumerate(plan.samples):
@@ -32,7 +36,8 @@ def epoch_batches(plan: DatasetPlan, epoch: int, seed: int) -> list[list[int]]:
     for size in sorted(buckets):
         members = buckets[size]
         rng.shuffle(members)
-        batches += [members[i:i + plan.batch_size] for i in range(0, len(members), plan.batch_size)]
+        size = plan.global_batch_size
+        batches += [members[i:i + size] for i in range(0, len(members), size)]
     rng.shuffle(batches)
     return batches
 
@@ -92,7 +97,25 @@ class BucketBatches(Dataset):
                 "paths": paths, "bucket": self.plan.samples[batch[0]].choice.bucket}
 
 
-def make_loader(dataset: BucketBatches, values: dict) -> DataLoader:
+def make_loader(dataset: BucketBatches, values: dict, start: int = 0) -> DataLoader:
+    """A loader over the dataset's batches in order, from batch `start` (a resumed epoch skips what was done)."""
     workers = values["max_data_loader_n_workers"]
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                      persistent_workers=workers > 0 and values["persistent_data_loader_workers"])
+    # Its own generator: a DataLoader otherwise draws a worker seed from the global RNG at every epoch,
+    # which would shift dropout between a resumed run and an uninterrupted one. (Our batches do not
+    # depend on it: each sample has its own seeded stream.)
+    return DataLoader(dataset, batch_size=None, sampler=_From(dataset, start), num_workers=workers,
+                      persistent_workers=workers > 0 and values["persistent_data_loader_workers"] and start == 0,
+                      generator=torch.Generator().manual_seed(dataset.seed))
+
+
+class _From:
+    """Indices start..len(dataset)-1, evaluated at each iteration (the length is fixed by the plan)."""
+
+    def __init__(self, dataset: Dataset, start: int):
+        self.dataset, self.start = dataset, start
+
+    def __iter__(self):
+        return iter(range(self.start, len(self.dataset)))
+
+    def __len__(self) -> int:
+        return max(0, len(self.dataset) - self.start)

@@ -5,7 +5,11 @@
   first pass registers each reg image with its folder's repeats, then one more repeat per image in
   turn); surplus reg images go unused.
 - Batches are formed inside one bucket: batches = sum over buckets of ceil(samples / batch size).
-- Update steps per epoch = ceil(ceil(batches / processes) / gradient accumulation).
+- Update steps per epoch = ceil(batches / gradient accumulation).
+- With several processes (GPUs), a step's batch is `batch size x processes` samples of one bucket,
+  split between the processes, so N GPUs at batch b train exactly like one at batch N*b. (Kohya
+  deals whole batches to the GPUs in turn; the counts differ only where a bucket's last batch is
+  partial.)
 - Total: max_train_steps when set; else (max_train_epochs or epoch) x steps per epoch.
 """
 
@@ -68,13 +72,18 @@ class DatasetPlan:
         return dict(sorted(Counter(s.choice.bucket for s in self.samples).items()))
 
     @property
+    def global_batch_size(self) -> int:
+        """Samples in one step across all processes."""
+        return self.batch_size * self.num_processes
+
+    @property
     def batches_per_epoch(self) -> int:
-        return sum(math.ceil(n / self.batch_size) for n in self.bucket_counts.values())
+        """Batches of `global_batch_size`, formed inside one bucket each."""
+        return sum(math.ceil(n / self.global_batch_size) for n in self.bucket_counts.values())
 
     @property
     def steps_per_epoch(self) -> int:
-        per_process = math.ceil(self.batches_per_epoch / self.num_processes)
-        return math.ceil(per_process / self.gradient_accumulation_steps)
+        return math.ceil(self.batches_per_epoch / self.gradient_accumulation_steps)
 
     @property
     def total_steps(self) -> int:

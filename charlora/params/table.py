@@ -183,6 +183,9 @@ PARAMS: tuple[Param, ...] = (
           help="Stop training the text encoder after this percent of the steps (0 = never)."),
     Param("max_grad_norm", "float", 1.0, "optimizer", tier="basic", min=0.0, max=1000.0,
           help="Clip gradients to this norm (0 = no clipping)."),
+    Param("optimizer_fallback", "bool", False, "optimizer",
+          help="CharLoRA: if an 8-bit optimizer cannot run here (no bitsandbytes/CUDA), train with its 32-bit "
+               "twin instead of stopping (AdamW8bit -> AdamW, Lion8bit -> Lion; said in the log, never silent)."),
     # ---------------------------------------------------------------- schedule
     Param("epoch", "int", 10, "schedule", tier="basic", min=1, max=10000,
           help="Number of epochs (each image seen 'repeats' times per epoch)."),
@@ -223,6 +226,10 @@ PARAMS: tuple[Param, ...] = (
           help="Kohya's memory-efficient attention."),
     Param("num_cpu_threads_per_process", "int", 2, "precision & memory", min=1, max=256,
           help="CPU threads per training process."),
+    Param("num_processes", "int", 1, "precision & memory", min=1, max=64,
+          help="Training processes (one per GPU) for `accelerate launch`; used in the printed training command."),
+    Param("gpu_ids", "str", "", "precision & memory",
+          help="Which GPUs to use, e.g. '0,1' (empty = all); used in the printed training command."),
     # ---------------------------------------------------------------- noise & loss
     Param("prior_loss_weight", "float", 1.0, "noise & loss", min=0.0, max=100.0,
           help="Loss weight of regularisation images."),

@@ -1,0 +1,8 @@
+"""The training engine: one loop for the CLI, the GUI's thread and `accelerate launch`."""
+
+from .command import training_command
+from .events import (Emitter, Event, Message, RunFinished, RunStarted, SamplesSaved, Saved, Step, StopRequest)
+from .trainer import RunResult, is_running, train
+
+__all__ = ["training_command", "Emitter", "Event", "Message", "RunFinished", "RunStarted", "SamplesSaved", "Saved",
+           "Step", "StopRequest", "RunResult", "is_running", "train"]

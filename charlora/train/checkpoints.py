@@ -1,0 +1,160 @@
+"""Where a run's files go and what they are called (Kohya's names), and the resumable training state.
+
+LoRA files: `NAME-000001.safetensors` per saved epoch, `NAME-step00000300.safetensors` per saved
+step, `NAME.safetensors` at the end. A training state (`NAME-000001-state/`, ...) holds what a resumed
+run needs to continue exactly: LoRA weights in fp32, optimizer, scheduler, every RNG, and the position
+(epoch, batch within the epoch, global step). States are written to a temporary folder and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import CharLoRAError
+from ..fileio import atomic_write_text
+
+STATE_FORMAT = 1
+
+
+def epoch_file(output_dir: Path, name: str, epoch: int) -> Path:
+    return output_dir / f"{name}-{epoch:06d}.safetensors"
+
+
+def step_file(output_dir: Path, name: str, step: int) -> Path:
+    return output_dir / f"{name}-step{step:08d}.safetensors"
+
+
+def final_file(output_dir: Path, name: str) -> Path:
+    return output_dir / f"{name}.safetensors"
+
+
+def state_dir_for(lora_file: Path) -> Path:
+    return lora_file.with_name(lora_file.name.removesuffix(".safetensors") + "-state")
+
+
+def prune(paths: list[Path], keep: int) -> list[Path]:
+    """Remove all but the last `keep` of `paths` (and their states); returns what was removed."""
+    if keep <= 0 or len(paths) <= keep:
+        return []
+    removed = paths[:-keep]
+    for path in removed:
+        path.unlink(missing_ok=True)
+        shutil.rmtree(state_dir_for(path), ignore_errors=True)
+    return removed
+
+
+def check_output_dir(output_dir: str) -> Path:
+    """Create the output folder and prove it is writable before any work is done."""
+    if not output_dir:
+        raise CharLoRAError("output_dir is empty: choose the folder where the LoRA files should go")
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".charlora-write-test-"):
+            pass
+    except OSError as exc:
+        raise CharLoRAError(f"output_dir {str(path)!r} cannot be written ({exc.strerror or exc}); choose a folder "
+                            "you can write to") from None
+    return path
+
+
+@dataclass
+class Position:
+    epoch: int  # 1-based epoch in progress
+    batch: int  # batches of this epoch already done
+    step: int  # optimizer steps done
+    seed: int
+    total_steps: int
+
+
+def save_state(folder: Path, lora_weights: dict, optimizer, scheduler, noise_generator: torch.Generator,
+               position: Position, loss_history: list[float]) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tensors = {}
+        for name, (down, up, alpha) in lora_weights.items():
+            tensors[f"{name}.lora_down.weight"] = down.float().contiguous()
+            tensors[f"{name}.lora_up.weight"] = up.float().contiguous()
+            tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+        save_file(tensors, str(tmp / "lora.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {"torch": torch.get_rng_state(), "noise": noise_generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        torch.save(rng, tmp / "rng.pt")
+        py_version, py_state, py_gauss = random.getstate()
+        np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        (tmp / "position.json").write_text(json.dumps({
+            "format": STATE_FORMAT, **asdict(position), "loss_history": loss_history,
+            "python_rng": [py_version, list(py_state), py_gauss],
+            "numpy_rng": [np_kind, np_keys.tolist(), np_pos, np_has_gauss, np_gauss]}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except OSError as exc:
+        raise CharLoRAError(f"cannot write the training state {folder} ({exc.strerror or exc}); files saved "
+                            "earlier are untouched") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+@dataclass
+class LoadedState:
+    folder: Path
+    lora_weights: dict
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+    position: Position
+    loss_history: list
+
+
+def load_state(folder: str | Path) -> LoadedState:
+    folder = Path(folder)
+    needed = ("lora.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "position.json")
+    missing = [n for n in needed if not (folder / n).is_file()]
+    if not folder.is_dir() or missing:
+        raise CharLoRAError(f"resume: {str(folder)!r} is not a CharLoRA training state (missing "
+                            f"{', '.join(missing) or 'the folder'}); choose a folder like NAME-000004-state")
+    info = json.loads((folder / "position.json").read_text())
+    if info.get("format") != STATE_FORMAT:
+        raise CharLoRAError(f"resume: {folder} was written by another CharLoRA version (format {info.get('format')})")
+    tensors = load_file(str(folder / "lora.safetensors"))
+    names = sorted({k.rsplit(".lora_down.weight", 1)[0] for k in tensors if k.endswith(".lora_down.weight")})
+    weights = {n: (tensors[f"{n}.lora_down.weight"], tensors[f"{n}.lora_up.weight"], float(tensors[f"{n}.alpha"]))
+               for n in names}
+    position = Position(**{k: info[k] for k in ("epoch", "batch", "step", "seed", "total_steps")})
+    rng = torch.load(folder / "rng.pt", weights_only=True)  # never unpickle code, even from our own files
+    version, state, gauss = info["python_rng"]
+    rng["python"] = (version, tuple(state), gauss)
+    kind, keys, pos, has_gauss, cached = info["numpy_rng"]
+    rng["numpy"] = (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
+    return LoadedState(folder, weights, torch.load(folder / "optimizer.pt", weights_only=True),
+                       torch.load(folder / "scheduler.pt", weights_only=True), rng, position,
+                       info.get("loss_history", []))
+
+
+def restore_rng(rng: dict, noise_generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    noise_generator.set_state(rng["noise"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(rng["cuda"]))
+
+
+def write_run_config(output_dir: Path, name: str, kohya_json: str) -> Path:
+    """The exact config of the run, as Kohya JSON, beside its files."""
+    return atomic_write_text(output_dir / f"{name}.config.json", kohya_json)

@@ -1,0 +1,122 @@
+"""What a training run tells the world: small event objects, sent to listeners.
+
+The CLI turns them into a progress bar, the GUI into its job snapshot; neither reaches into the
+trainer. A listener is any callable taking one event; it must not raise (errors are logged and
+ignored so a broken display never stops a run).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger("charlora.train")
+
+
+@dataclass
+class Event:
+    time: float = field(default_factory=time.time, kw_only=True)
+
+
+@dataclass
+class RunStarted(Event):
+    total_steps: int
+    steps_per_epoch: int
+    epochs: int
+    images: int
+    samples_per_epoch: int
+    reg_samples_per_epoch: int
+    buckets: dict  # "WxH" -> samples per epoch
+    batch_size: int
+    processes: int
+    device: str
+    precision: str
+    attention: str
+    optimizer: str
+    seed: int
+    start_step: int = 0  # > 0 when resumed
+
+
+@dataclass
+class Step(Event):
+    step: int  # global optimizer step, 1-based
+    epoch: int
+    loss: float
+    average_loss: float
+    lr: dict  # "unet"/"text_encoder" -> current lr
+    it_per_s: float
+    eta_s: float
+
+
+@dataclass
+class Saved(Event):
+    path: str
+    epoch: int
+    step: int
+    kind: str = "lora"  # "lora" or "state"
+
+
+@dataclass
+class SamplesSaved(Event):
+    paths: list
+    epoch: int
+    step: int
+
+
+@dataclass
+class Message(Event):
+    level: str  # "info", "warning", "error"
+    text: str
+
+
+@dataclass
+class RunFinished(Event):
+    status: str  # "completed", "stopped", "failed"
+    message: str
+    steps: int
+    files: list
+    last_good_file: str | None = None
+
+
+Listener = Callable[[Event], None]
+
+
+class Emitter:
+    """Sends events to listeners, in order, on the training thread."""
+
+    def __init__(self, listeners: list[Listener] | tuple = ()):
+        self.listeners = list(listeners)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Message):
+            getattr(log, "error" if event.level == "error" else event.level, log.info)(event.text)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken display must never stop training
+                log.exception("event listener failed")
+
+    def info(self, text: str) -> None:
+        self(Message("info", text))
+
+    def warn(self, text: str) -> None:
+        self(Message("warning", text))
+
+
+class StopRequest:
+    """Cooperative stop: the trainer finishes its step, saves if asked, and ends cleanly."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.save = True
+
+    def request(self, save: bool = True) -> None:
+        self.save = save
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()

@@ -1,0 +1,212 @@
+"""Sample images during training, with Kohya's prompt syntax, sampler names and file names.
+
+Sources in sd-scripts (library/train_util.py): `line_to_prompt_dict`, `sample_images_common`,
+`sample_image_inference` and `get_my_scheduler`.
+
+A prompt line: `wwaa girl, smiling --n blurry, lowres --w 512 --h 768 --s 28 --l 7.5 --d 1234`
+(options split on " --": n negative prompt, w/h size rounded down to a multiple of 8 (at least
+64), s steps (1-1000), l CFG scale, d seed, ss sampler for this prompt). Kohya's defaults: 512 x 512,
+30 steps, CFG 7.5, a random seed.
+
+Samplers are built like sd-scripts builds them: fresh, from SD's noise schedule (timesteps, betas,
+prediction type) and the class defaults otherwise, not from the model's scheduler config.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import CharLoRAError
+from .text import encode, tokenize
+
+KOHYA_DEFAULTS = {"width": 512, "height": 512, "steps": 30, "cfg_scale": 7.5, "seed": None, "negative_prompt": None}
+
+# Kohya's sampler name -> (diffusers scheduler class, extra config), as get_my_scheduler maps them.
+SAMPLERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "k_lms": ("LMSDiscreteScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "k_euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "k_euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    # diffusers >= 0.30 refuses the first-order "dpmsolver" with its default final sigma of zero.
+    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "k_dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "k_dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+}
+# The parts of the model's scheduler config that sd-scripts also sets (to SD's values).
+_NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+PNDM_MIN_STEPS = 4  # PNDM's Runge-Kutta warm-up needs at least 4 inference steps
+
+
+@dataclass
+class SamplePrompt:
+    prompt: str
+    negative_prompt: str | None = None
+    width: int = 512
+    height: int = 512
+    steps: int = 30
+    cfg_scale: float = 7.5
+    seed: int | None = None
+    sampler: str | None = None  # --ss: this prompt's sampler instead of sample_sampler
+    warnings: list[str] = field(default_factory=list)  # options that were not understood
+
+
+def _round_size(value: int) -> int:
+    return max(64, value - value % 8)
+
+
+def _sampler_name(value: str) -> str:
+    name = value.strip()
+    if name not in SAMPLERS:
+        raise ValueError(name)  # sd-scripts would sample with DDIM; here it is reported and ignored
+    return name
+
+
+# (option pattern, SamplePrompt field, converter), in sd-scripts' order ("s" is tried before "ss").
+_OPTIONS = (
+    (r"w (\d+)", "width", lambda v: _round_size(int(v))),
+    (r"h (\d+)", "height", lambda v: _round_size(int(v))),
+    (r"d (\d+)", "seed", int),
+    (r"s (\d+)", "steps", lambda v: max(1, min(1000, int(v)))),
+    (r"l ([\d\.]+)", "cfg_scale", float),
+    (r"n (.+)", "negative_prompt", str),
+    (r"ss (.+)", "sampler", _sampler_name),
+)
+
+
+def parse_prompt_line(line: str, defaults: dict | None = None) -> SamplePrompt:
+    """One prompt line in Kohya's syntax; options not understood are listed in `.warnings`."""
+    settings = dict(KOHYA_DEFAULTS)
+    settings.update(defaults or {})
+    parts = line.strip().split(" --")
+    sample = SamplePrompt(
+        prompt=parts[0].strip(),
+        negative_prompt=settings["negative_prompt"],
+        width=_round_size(int(settings["width"])),
+        height=_round_size(int(settings["height"])),
+        steps=int(settings["steps"]),
+        cfg_scale=float(settings["cfg_scale"]),
+        seed=settings["seed"],
+    )
+    # sd-scripts also matches the prompt text itself against the options (a prompt starting "w 300"
+    # would set the width); only the parts after " --" are options here.
+    for part in parts[1:]:
+        for pattern, name, convert in _OPTIONS:
+            match = re.match(pattern, part, re.IGNORECASE)
+            if match:
+                try:
+                    setattr(sample, name, convert(match.group(1)))
+                except ValueError:
+                    sample.warnings.append(f"sample prompt option --{part.strip()} has a bad value; ignored")
+                break
+        else:
+            sample.warnings.append(
+                f"sample prompt option --{part.strip()} is not known; ignored "
+                "(known: --n, --w, --h, --s, --l, --d, --ss)"
+            )
+    return sample
+
+
+def parse_prompts(text: str, defaults: dict | None = None) -> list[SamplePrompt]:
+    """Every prompt of `sample_prompts`: one per line; empty lines and lines starting with # skipped."""
+    prompts = []
+    for line in (text or "").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        prompts.append(parse_prompt_line(line, defaults))
+    return prompts
+
+
+def make_sampler(name: str, scheduler_config):
+    """A fresh diffusers scheduler for Kohya's sampler `name`, on the noise schedule of `scheduler_config`."""
+    import diffusers
+
+    if name not in SAMPLERS:
+        raise CharLoRAError(f"sample_sampler {name!r} is not known; choose one of: {', '.join(SAMPLERS)}")
+    class_name, extra = SAMPLERS[name]
+    config = {key: scheduler_config[key] for key in _NOISE_SCHEDULE_KEYS if key in scheduler_config}
+    try:
+        with warnings.catch_warnings():
+            # diffusers marks the first-order "dpmsolver" deprecated; it is still Kohya's sampler name.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return getattr(diffusers, class_name).from_config(config, **extra)
+    except ImportError as err:
+        raise CharLoRAError(
+            f"sample_sampler {name} needs a package that is not installed ({str(err).strip().splitlines()[0]}); "
+            "install it (pip install scipy) or choose another sample_sampler"
+        ) from None
+
+
+def _embeddings(pipe, prompts, device, clip_skip, max_token_length):
+    """Prompt embeddings computed as in training (clip_skip, long captions): diffusers' own clip_skip
+    path expects a `text_model` level that transformers >= 5.6 no longer builds."""
+    ids = tokenize(pipe.tokenizer, prompts, max_token_length).to(device)
+    return encode(pipe.text_encoder, ids, clip_skip, max_token_length)
+
+
+def generate_samples(pipe, prompts, sampler_name, device, clip_skip=None, max_token_length=75):
+    """One image per prompt with `pipe` (a StableDiffusionPipeline already holding the LoRA).
+
+    Each prompt's seed seeds its own CPU generator (a prompt without --d gets a random seed); the
+    pipe's scheduler and the global torch RNG state are restored afterwards, so sampling does not
+    change the training run. The pipe's modules must already be on `device`.
+    """
+    original_scheduler = pipe.scheduler
+    rng_state = torch.get_rng_state()  # sd-scripts restores the RNG after sampling too
+    cuda_rng_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    images = []
+    try:
+        for sample in prompts:
+            name = sample.sampler or sampler_name
+            if name == "pndm" and sample.steps < PNDM_MIN_STEPS:
+                raise CharLoRAError(
+                    f"sample prompt {sample.prompt!r}: the pndm sampler needs at least {PNDM_MIN_STEPS} steps "
+                    f"(--s {sample.steps}); raise --s or choose another sampler"
+                )
+            pipe.scheduler = make_sampler(name, original_scheduler.config)
+            seed = sample.seed if sample.seed is not None else torch.Generator().seed()
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            with torch.no_grad():
+                embeds = _embeddings(pipe, [sample.prompt, sample.negative_prompt or ""], device, clip_skip,
+                                     max_token_length)
+                result = pipe(
+                    prompt_embeds=embeds[0:1],
+                    negative_prompt_embeds=embeds[1:2],
+                    height=sample.height,
+                    width=sample.width,
+                    num_inference_steps=sample.steps,
+                    guidance_scale=sample.cfg_scale,
+                    generator=generator,
+                    output_type="pil",
+                )
+            images.append(result.images[0])
+    finally:
+        pipe.scheduler = original_scheduler
+        torch.set_rng_state(rng_state)
+        if cuda_rng_state is not None:
+            torch.cuda.set_rng_state_all(cuda_rng_state)
+    return images
+
+
+def sample_filename(output_name, step, prompt_index, seed, epoch=None, timestamp=None) -> str:
+    """Kohya's sample file name: NAME_e000003_00_20240101120000_1234.png at an epoch's end,
+    NAME_000500_00_20240101120000_1234.png at a step; no seed part when the prompt had no --d."""
+    if timestamp is None:
+        timestamp = time.strftime("%Y%m%d%H%M%S", time.localtime())
+    prefix = "" if output_name is None else f"{output_name}_"
+    number = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
+    seed_part = "" if seed is None else f"_{seed}"
+    return f"{prefix}{number}_{prompt_index:02d}_{timestamp}{seed_part}.png"

@@ -1,0 +1,157 @@
+"""Building what a run needs from the normalised config: device and precision, base model, dataset,
+latent cache, LoRA network, optimizer and scheduler. Each function does one thing and says what
+it did in an event; the loop in trainer.py only runs them in order."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..dataset import BucketBatches, DatasetPlan, LatentCache, build_plan
+from ..errors import CharLoRAError
+from ..lora import LoRANetwork, LoRASettings, file_rank, load_lora_weights
+from ..models.loading import load_base_model
+from .events import Emitter
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    weight_dtype: torch.dtype  # base model weights
+    autocast_dtype: torch.dtype | None  # None = no autocast
+    lora_dtype: torch.dtype
+    use_grad_scaler: bool
+    label: str
+
+
+def choose_precision(values: dict, device: torch.device, emit: Emitter) -> Precision:
+    mixed = values["mixed_precision"]
+    cuda = device.type == "cuda"
+    if mixed == "fp16" and not cuda:
+        emit.warn("mixed_precision fp16 needs an NVIDIA GPU; training in fp32 on the CPU")
+        mixed = "no"
+    if mixed == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise CharLoRAError("mixed_precision bf16 is not supported by this GPU (needs RTX 30xx / A100 or newer); "
+                            "use fp16")
+    dtype = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
+    lora_dtype = torch.float32
+    if values["full_fp16"] and mixed == "fp16":
+        lora_dtype = torch.float16
+    if values["full_bf16"] and mixed == "bf16":
+        lora_dtype = torch.bfloat16
+    # On the GPU the frozen base weights are stored in the compute dtype (half the VRAM), as Kohya does.
+    weight_dtype = dtype if (dtype is not None and cuda) else torch.float32
+    use_scaler = cuda and mixed == "fp16" and lora_dtype == torch.float32
+    if lora_dtype == torch.float16:
+        emit.warn("full_fp16: LoRA weights and gradients in fp16, trained without loss scaling")
+    label = f"{mixed if mixed != 'no' else 'fp32'}" + (" (LoRA in " + str(lora_dtype).split(".")[-1] + ")"
+                                                       if lora_dtype != torch.float32 else "")
+    return Precision(device, weight_dtype, dtype, lora_dtype, use_scaler, label)
+
+
+def resolve_seed(values: dict, state) -> int:
+    """The config's seed, or a random one; the same on every process."""
+    seed = values["seed"] if values["seed"] is not None else random.randint(0, 2**32 - 1)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        seed = broadcast_object_list([seed])[0]
+    return int(seed)
+
+
+def load_model(values: dict, precision: Precision, emit: Emitter):
+    emit.info(f"loading base model {values['pretrained_model_name_or_path']}")
+    pipe = load_base_model(values["pretrained_model_name_or_path"], dtype=precision.weight_dtype,
+                           device=precision.device)
+    if pipe.vae.dtype != torch.float32:
+        pipe.vae.to(dtype=torch.float32)  # the VAE encodes once (latent cache) or per step; fp32 avoids NaN latents
+    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+        model.requires_grad_(False)
+    return pipe
+
+
+def set_attention(pipe, values: dict, emit: Emitter) -> str:
+    """PyTorch SDPA is diffusers' default; xformers only when asked for and installed."""
+    if values["xformers"] == "xformers":
+        try:
+            import xformers  # noqa: F401
+
+            pipe.unet.enable_xformers_memory_efficient_attention()
+            return "xformers"
+        except Exception:
+            emit.warn("xformers is not installed (or does not work here); using PyTorch SDPA attention, which is "
+                      "as fast on current PyTorch")
+    if values["xformers"] == "none":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+        return "plain (no memory-efficient attention)"
+    return "sdpa"
+
+
+def plan_dataset(values: dict, processes: int, emit: Emitter) -> DatasetPlan:
+    if not values["train_data_dir"]:
+        raise CharLoRAError("train_data_dir is empty: choose the folder that holds folders like 10_name")
+    plan = build_plan(values, processes)
+    if not plan.samples or not plan.num_train_samples:
+        details = "; ".join(f"{p.file}: {p.problem}" for p in plan.problems[:5])
+        raise CharLoRAError(f"no training images found in {values['train_data_dir']!r}. train_data_dir must be the "
+                            f"parent of folders like 10_name. {details}")
+    if plan.problems:
+        emit.warn(f"{len(plan.problems)} dataset problem(s); run `python -m charlora dataset check` for all. "
+                  f"First: {plan.problems[0].file}: {plan.problems[0].problem}")
+    return plan
+
+
+def cache_latents(pipe, plan: DatasetPlan, values: dict, seed: int, state, emit: Emitter) -> LatentCache | None:
+    if not (values["cache_latents"] or values["cache_latents_to_disk"]):
+        return None
+    cache = LatentCache(pipe.vae, flip_aug=values["flip_aug"], to_disk=values["cache_latents_to_disk"],
+                        batch_size=values["vae_batch_size"] or 1, seed=seed)
+    with state.main_process_first():  # the main process writes the disk cache, the others read it
+        cache.fill(plan)
+    emit.info(f"latents cached: {cache.encoded} encoded, {cache.read_from_disk} read from disk")
+    return cache
+
+
+def build_network(pipe, values: dict, precision: Precision, emit: Emitter) -> LoRANetwork:
+    rank = None
+    warm_start = None
+    if values["lora_network_weights"]:
+        _, warm_start = load_lora_weights(values["lora_network_weights"])
+        if values["dim_from_weights"]:
+            rank = file_rank(warm_start)
+    settings = LoRASettings.from_config(values, rank=rank)
+    network = LoRANetwork.attach(pipe.unet, pipe.text_encoder, settings)
+    if warm_start is not None:
+        network.load_kohya_tensors(warm_start, values["lora_network_weights"])
+        emit.info(f"starting from {values['lora_network_weights']}")
+    network.to_dtype(precision.lora_dtype)
+    for _, layer in network.layers.values():  # LoRA layers live on the base model's device
+        layer.lora_A.to(precision.device)
+        layer.lora_B.to(precision.device)
+    if values["gradient_checkpointing"]:
+        pipe.unet.enable_gradient_checkpointing()
+        if settings.train_text_encoder:
+            te = pipe.text_encoder  # transformers 5 renamed the method; keep working on both names
+            (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
+    pipe.unet.train()
+    pipe.text_encoder.train(settings.train_text_encoder)
+    return network
+
+
+def param_groups(network: LoRANetwork) -> tuple[list[dict], list[str]]:
+    groups, names = [], []
+    for part, lr, name in (("unet", network.settings.unet_lr, "unet"),
+                           ("te", network.settings.text_encoder_lr, "text_encoder")):
+        params = network.parameters(part)
+        if params:
+            groups.append({"params": params, "lr": lr})
+            names.append(name)
+    return groups, names
+
+
+def make_dataset(plan: DatasetPlan, values: dict, seed: int, cache: LatentCache | None) -> BucketBatches:
+    return BucketBatches(plan, values, seed=seed, cache=cache)

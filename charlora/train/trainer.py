@@ -1,0 +1,444 @@
+"""The training loop: SD 1.5 LoRA training as Kohya's train_network does it.
+
+One step: latents (cached, or encoded now) x the VAE's scaling factor; noise (with offset / multires
+noise); timesteps uniform in [min_timestep, max_timestep); noisy latents from the DDPM schedule;
+text conditioning (clip_skip, 75-token chunks); UNet prediction; MSE against the noise (or the
+velocity with v_parameterization) per sample, x prior_loss_weight for reg samples, x min-SNR weights.
+
+Runs in the foreground (CLI), in a thread (GUI) or as one of several processes under
+`accelerate launch`: every process reads the same global batch, draws the same noise, trains on its
+slice and averages gradients; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import CharLoRAError
+from ..lora import RunInfo, build_metadata, dataset_info, save_lora
+from ..lora.metadata import source_model_hashes
+from ..params import dump_kohya
+from . import checkpoints as ckpt
+from . import noise as noise_fn
+from . import setup
+from .events import Emitter, Message, RunFinished, RunStarted, SamplesSaved, Saved, Step, StopRequest
+from .optim import build_optimizer
+from .schedule import build_scheduler, warmup_steps
+from .text import encode, tokenize
+
+log = logging.getLogger("charlora.train")
+_RUN_LOCK = threading.Lock()  # one run per process: two would fight over the GPU and the files
+
+
+class TrainingStopped(Exception):
+    pass
+
+
+@dataclass
+class RunResult:
+    status: str  # "completed", "stopped" or "failed"
+    message: str
+    steps: int = 0
+    files: list = field(default_factory=list)
+    last_good_file: str | None = None
+    losses: list = field(default_factory=list)
+
+
+def train(values: dict, listeners=(), stop: StopRequest | None = None) -> RunResult:
+    """Run one training to the end (or until stopped). Never raises for the user's mistakes:
+    the result says what happened, and the events said it as it happened."""
+    if not _RUN_LOCK.acquire(blocking=False):
+        raise CharLoRAError("a training run is already going in this process; stop it before starting another")
+    try:
+        return Trainer(values, Emitter(listeners), stop or StopRequest()).run()
+    finally:
+        _RUN_LOCK.release()
+
+
+def is_running() -> bool:
+    return _RUN_LOCK.locked()
+
+
+class Trainer:
+    def __init__(self, values: dict, emit: Emitter, stop: StopRequest):
+        self.values = values
+        self.emit = emit
+        self.stop = stop
+        self.files: list[str] = []
+        self.losses: list[float] = []
+        self.global_step = 0
+        self.epoch = 1
+
+    # ------------------------------------------------------------------ public
+    def run(self) -> RunResult:
+        try:
+            self._setup()
+            status, message = self._loop()
+        except CharLoRAError as exc:
+            status, message = "failed", str(exc)
+        except torch.cuda.OutOfMemoryError:
+            status, message = "failed", self._oom_advice()
+        except Exception as exc:  # an internal error: the message, with the traceback in the log
+            log.exception("training failed")
+            status, message = "failed", f"internal error: {type(exc).__name__}: {exc} (details in the log)"
+        finally:
+            writer = getattr(self, "writer", None)
+            if writer is not None:
+                writer.close()
+        last_good = self.files[-1] if self.files else None
+        if status == "failed":
+            self.emit(Message("error", message))
+        self.emit(RunFinished(status, message, self.global_step, list(self.files), last_good))
+        return RunResult(status, message, self.global_step, list(self.files), last_good, list(self.losses))
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from accelerate import PartialState
+        from accelerate.utils import set_seed
+        from diffusers import DDPMScheduler
+
+        v = self.values
+        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.rank, self.world, self.main = self.state.process_index, self.state.num_processes, \
+            self.state.is_main_process
+        self.output_dir = ckpt.check_output_dir(v["output_dir"])
+        self.name = v["output_name"] or "last"
+        if self.state.device.type == "cpu" and self.world > 1:
+            # several CPU processes share the cores: more threads than cores each makes every step crawl
+            import os
+
+            cores = max(1, (os.cpu_count() or 1) // self.world)
+            torch.set_num_threads(max(1, min(v["num_cpu_threads_per_process"], cores)))
+        self.precision = setup.choose_precision(v, self.state.device, self.emit)
+        self.device = self.precision.device
+        self.seed = setup.resolve_seed(v, self.state)
+        set_seed(self.seed)
+
+        self.plan = setup.plan_dataset(v, self.world, self.emit)
+        self.total_steps = self.plan.total_steps
+        self.total_epochs = self.plan.total_epochs
+        self.pipe = setup.load_model(v, self.precision, self.emit)
+        self.attention = setup.set_attention(self.pipe, v, self.emit)
+        # Kohya's training schedule, whatever scheduler the checkpoint came with
+        self.noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                             num_train_timesteps=1000, clip_sample=False,
+                                             prediction_type="v_prediction" if v["v_parameterization"] else "epsilon")
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod
+        self.cache = setup.cache_latents(self.pipe, self.plan, v, self.seed, self.state, self.emit)
+        if self.cache is not None and self.device.type == "cuda" and not v["sample_every_n_epochs"] \
+                and not v["sample_every_n_steps"]:
+            self.pipe.vae.to("cpu")  # not needed on the GPU any more: frees ~330 MB of VRAM
+
+        set_seed(self.seed)  # identical LoRA init on every process, whatever caching consumed
+        self.network = setup.build_network(self.pipe, v, self.precision, self.emit)
+        groups, self.group_names = setup.param_groups(self.network)
+        self.optimizer, optimizer_label, warnings = build_optimizer(v["optimizer"], groups, v, self.device)
+        for warning in warnings:
+            self.emit.warn(warning)
+        self.warmup = warmup_steps(v, self.total_steps)
+        self.lr_scheduler = build_scheduler(self.optimizer, v, self.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.use_grad_scaler)
+        self.noise_generator = torch.Generator().manual_seed(self.seed)
+        self.dataset = setup.make_dataset(self.plan, v, self.seed, self.cache)
+        self.start_batch = 0
+        if v["resume"]:
+            self._resume(v["resume"])
+
+        self.run_info = self._run_info()
+        self.writer = self._tensorboard() if self.main else None
+        if self.main:
+            ckpt.write_run_config(self.output_dir, self.name, dump_kohya(v))
+        self.emit(RunStarted(
+            total_steps=self.total_steps, steps_per_epoch=self.plan.steps_per_epoch, epochs=self.total_epochs,
+            images=sum(len(c.images) for c in self.plan.concepts), samples_per_epoch=self.plan.num_train_samples,
+            reg_samples_per_epoch=self.plan.num_reg_samples,
+            buckets={f"{w}x{h}": n for (w, h), n in self.plan.bucket_counts.items()},
+            batch_size=v["train_batch_size"], processes=self.world, device=str(self.device),
+            precision=self.precision.label, attention=self.attention, optimizer=optimizer_label, seed=self.seed,
+            start_step=self.global_step))
+
+    def _run_info(self) -> RunInfo:
+        v = self.values
+        legacy, full = (None, None)
+        if self.main:
+            legacy, full = source_model_hashes(v["pretrained_model_name_or_path"])
+        info = dataset_info(self.plan)
+        return RunInfo(seed=self.seed, num_train_images=self.plan.num_train_samples,
+                       num_reg_images=self.plan.num_reg_samples, num_batches_per_epoch=self.plan.batches_per_epoch,
+                       num_epochs=self.total_epochs, max_train_steps=self.total_steps, lr_warmup_steps=self.warmup,
+                       total_batch_size=self.plan.global_batch_size * v["gradient_accumulation_steps"],
+                       sd_model_hash=legacy, new_sd_model_hash=full, **info)
+
+    def _tensorboard(self):
+        if not self.values["logging_dir"]:
+            return None
+        from tensorboardX import SummaryWriter
+
+        folder = Path(self.values["logging_dir"]) / f"{self.name}_{time.strftime('%Y%m%d%H%M%S')}"
+        return SummaryWriter(logdir=str(folder))
+
+    def _resume(self, folder: str) -> None:
+        state = ckpt.load_state(folder)
+        self.network.load_kohya_tensors(state.lora_weights, folder)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.lr_scheduler.load_state_dict(state.scheduler)
+        ckpt.restore_rng(state.rng, self.noise_generator)
+        self.epoch, self.start_batch, self.global_step = state.position.epoch, state.position.batch, \
+            state.position.step
+        self.losses = list(state.loss_history)
+        if state.position.total_steps != self.total_steps:
+            self.emit.warn(f"resume: the saved run had {state.position.total_steps} steps in total, this config "
+                           f"gives {self.total_steps}; continuing to {self.total_steps}")
+        self.emit.info(f"resumed from {folder} at step {self.global_step} (epoch {self.epoch})")
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self) -> tuple[str, str]:
+        from ..dataset import make_loader
+
+        v = self.values
+        accumulate = v["gradient_accumulation_steps"]
+        recent = deque(maxlen=20)
+        epoch_losses: list[float] = []
+        full_loader = make_loader(self.dataset, v)
+        started = time.time()
+        last_tick = started
+        while self.global_step < self.total_steps and self.epoch <= self.total_epochs:
+            self.dataset.set_epoch(self.epoch)
+            loader = make_loader(self.dataset, v, self.start_batch) if self.start_batch else full_loader
+            batches_done = self.start_batch
+            pending = 0
+            for batch in loader:
+                loss = self._forward(batch)
+                self.scaler.scale(loss / accumulate).backward()
+                batches_done += 1
+                pending += 1
+                if pending < accumulate and batches_done < len(self.dataset):
+                    continue
+                pending = 0
+                self._optimizer_step()
+                self.global_step += 1
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise CharLoRAError(
+                        f"the loss became {loss_value} at step {self.global_step} (epoch {self.epoch}); training "
+                        "stopped. " + (f"The last good file is {self.files[-1]}. " if self.files else "")
+                        + "Try a lower learning rate, mixed_precision bf16, or turning off full_fp16.")
+                self.losses.append(loss_value)
+                epoch_losses.append(loss_value)
+                now = time.time()
+                recent.append(now - last_tick)
+                last_tick = now
+                self._report_step(loss_value, epoch_losses, recent)
+                self._after_step(batches_done)
+                if self.global_step >= self.total_steps:
+                    break
+                if self.stop.requested:
+                    return self._stopped(batches_done)
+            self._after_epoch()
+            self.start_batch = 0
+            epoch_losses = []
+            self.epoch += 1
+        if self.main:
+            self._save(ckpt.final_file(self.output_dir, self.name), self.total_epochs)
+        elapsed = time.time() - started
+        return "completed", f"finished {self.global_step} steps in {elapsed:.0f} s; saved {len(self.files)} file(s)"
+
+    def _forward(self, batch: dict) -> torch.Tensor:
+        v = self.values
+        vae = self.pipe.vae
+        if "latents" in batch:
+            latents = batch["latents"].float()
+        else:
+            with torch.no_grad():
+                pixels = batch["pixels"].to(self.device, torch.float32)
+                dist = vae.encode(pixels).latent_dist
+                sample = torch.randn(dist.mean.shape, generator=self.noise_generator)
+                latents = (dist.mean + dist.std * sample.to(dist.mean.device)).float().cpu()
+        latents = latents * vae.config.scaling_factor
+        # noise and timesteps for the whole global batch (the same on every process), then our slice
+        noise = noise_fn.make_noise(latents, v, self.noise_generator)
+        timesteps = noise_fn.sample_timesteps(latents.shape[0], v["min_timestep"], v["max_timestep"],
+                                              self.noise_generator)
+        weights = batch["loss_weights"].float()
+        captions = list(batch["captions"])
+        size = v["train_batch_size"]
+        lo = self.rank * size
+        if lo >= latents.shape[0]:  # last, partial global batch: this process repeats a sample at weight 0
+            lo, weights = latents.shape[0] - 1, torch.zeros_like(weights)
+        hi = min(lo + size, latents.shape[0])
+        latents, noise, timesteps = latents[lo:hi].to(self.device), noise[lo:hi].to(self.device), \
+            timesteps[lo:hi].to(self.device)
+        weights, captions = weights[lo:hi].to(self.device), captions[lo:hi]
+
+        train_te = self.network.settings.train_text_encoder and not self._text_encoder_stopped()
+        input_ids = tokenize(self.pipe.tokenizer, captions, v["max_token_length"]).to(self.device)
+        autocast = torch.autocast(self.device.type, dtype=self.precision.autocast_dtype,
+                                  enabled=self.precision.autocast_dtype is not None)
+        with autocast:
+            with torch.set_grad_enabled(train_te):
+                hidden = encode(self.pipe.text_encoder, input_ids, v["clip_skip"], v["max_token_length"])
+            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+            prediction = self.pipe.unet(noisy.to(self.precision.weight_dtype), timesteps,
+                                        hidden.to(self.precision.weight_dtype)).sample
+        target = noise_fn.training_target(self.noise_scheduler, latents, noise, timesteps, v["v_parameterization"])
+        per_sample = noise_fn.per_sample_loss(prediction.float(), target.float(), weights, timesteps, v,
+                                              self.alphas_cumprod.to(self.device))
+        return per_sample.mean()
+
+    def _text_encoder_stopped(self) -> bool:
+        percent = self.values["stop_text_encoder_training"]
+        return percent > 0 and self.global_step >= math.ceil(self.total_steps * percent / 100)
+
+    def _optimizer_step(self) -> None:
+        params = [p for p in self.network.parameters() if p.grad is not None]
+        if self.world > 1:
+            # average the LoRA gradients of all processes (tiny next to the model: one flat all-reduce)
+            flat = torch.cat([p.grad.flatten() for p in params])
+            torch.distributed.all_reduce(flat)
+            flat /= self.world
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
+                offset += p.grad.numel()
+        if self._text_encoder_stopped():
+            for p in self.network.parameters("te"):
+                p.grad = None
+        if self.values["max_grad_norm"] > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.values["max_grad_norm"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+
+    def _report_step(self, loss: float, epoch_losses: list[float], recent: deque) -> None:
+        lrs = {name: group["lr"] for name, group in zip(self.group_names, self.optimizer.param_groups)}
+        per_step = sum(recent) / len(recent)
+        it_per_s = 1.0 / per_step if per_step > 0 else 0.0
+        eta = (self.total_steps - self.global_step) * per_step
+        average = sum(epoch_losses) / len(epoch_losses)
+        self.emit(Step(self.global_step, self.epoch, loss, average, lrs, it_per_s, eta))
+        if self.writer is not None:
+            self.writer.add_scalar("loss/current", loss, self.global_step)
+            self.writer.add_scalar("loss/average", average, self.global_step)
+            for name, lr in lrs.items():
+                self.writer.add_scalar(f"lr/{name}", lr, self.global_step)
+
+    def _after_step(self, batches_done: int) -> None:
+        v = self.values
+        if v["save_every_n_steps"] and self.global_step % v["save_every_n_steps"] == 0 \
+                and self.global_step < self.total_steps and self.main:
+            path = self._save(ckpt.step_file(self.output_dir, self.name, self.global_step), self.epoch)
+            if v["save_state"]:
+                self._save_state(ckpt.state_dir_for(path), batches_done)
+            if v["save_last_n_steps"]:
+                keep = max(1, v["save_last_n_steps"] // v["save_every_n_steps"])
+                self._forget(ckpt.prune(sorted(self.output_dir.glob(f"{self.name}-step*.safetensors")), keep))
+        if v["sample_every_n_steps"] and self.global_step % v["sample_every_n_steps"] == 0:
+            self._samples()
+
+    def _after_epoch(self) -> None:
+        v = self.values
+        every = v["save_every_n_epochs"]
+        if every and self.epoch % every == 0 and self.epoch < self.total_epochs and self.main:
+            path = self._save(ckpt.epoch_file(self.output_dir, self.name, self.epoch), self.epoch)
+            if v["save_state"]:
+                self._save_state(ckpt.state_dir_for(path), len(self.dataset))
+            if v["save_last_n_epochs"]:
+                pattern = f"{self.name}-[0-9][0-9][0-9][0-9][0-9][0-9].safetensors"
+                self._forget(ckpt.prune(sorted(self.output_dir.glob(pattern)), v["save_last_n_epochs"]))
+        if v["sample_every_n_epochs"] and self.epoch % v["sample_every_n_epochs"] == 0:
+            self._samples(at_epoch_end=True)
+
+    def _stopped(self, batches_done: int) -> tuple[str, str]:
+        message = f"stopped at step {self.global_step} of {self.total_steps} (epoch {self.epoch})"
+        if self.stop.save and self.main:
+            path = self._save(ckpt.step_file(self.output_dir, self.name, self.global_step), self.epoch)
+            state = self._save_state(ckpt.state_dir_for(path), batches_done)
+            message += f"; saved {path.name} and {state.name} (set resume to it to continue)"
+        return "stopped", message
+
+    # ------------------------------------------------------------------ files
+    def _save(self, path: Path, epoch: int) -> Path:
+        self.run_info.epoch, self.run_info.steps = epoch, self.global_step
+        metadata = build_metadata(self.values, self.run_info)
+        save_lora(self.network.kohya_tensors(), path, self.values["save_precision"], metadata)
+        self.files.append(str(path))
+        self.emit(Saved(str(path), epoch, self.global_step))
+        return path
+
+    def _save_state(self, folder: Path, batches_done: int) -> Path:
+        epoch, batch = (self.epoch + 1, 0) if batches_done >= len(self.dataset) else (self.epoch, batches_done)
+        position = ckpt.Position(epoch=epoch, batch=batch, step=self.global_step, seed=self.seed,
+                                 total_steps=self.total_steps)
+        ckpt.save_state(folder, self.network.kohya_tensors(), self.optimizer, self.lr_scheduler,
+                        self.noise_generator, position, self.losses)
+        self.emit(Saved(str(folder), self.epoch, self.global_step, kind="state"))
+        return folder
+
+    def _forget(self, removed: list[Path]) -> None:
+        for path in removed:
+            if str(path) in self.files:
+                self.files.remove(str(path))
+            self.emit.info(f"removed {path.name} (save_last_n_*)")
+
+    def _samples(self, at_epoch_end: bool = False) -> None:
+        from .sampling import generate_samples, parse_prompts, sample_filename
+
+        v = self.values
+        if not v["sample_prompts"].strip() or not self.main:
+            return
+        width, height = (int(x) for x in v["max_resolution"].split(","))
+        # Kohya's default sample size is 512x512; the training resolution suits any base model better
+        prompts = parse_prompts(v["sample_prompts"], {"width": width, "height": height})
+        folder = self.output_dir / "sample"
+        folder.mkdir(exist_ok=True)
+        vae_device = next(self.pipe.vae.parameters()).device
+        self.pipe.vae.to(self.device)
+        rng_state = torch.get_rng_state()  # sampling must not change the training's random stream
+        try:
+            self.pipe.unet.eval()
+            self.pipe.text_encoder.eval()
+            images = generate_samples(self.pipe, prompts, v["sample_sampler"], self.device,
+                                      clip_skip=v["clip_skip"], max_token_length=v["max_token_length"])
+        finally:
+            torch.set_rng_state(rng_state)
+            self.pipe.unet.train()
+            self.pipe.text_encoder.train(self.network.settings.train_text_encoder)
+            self.pipe.vae.to(vae_device)
+        paths = []
+        for index, (prompt, image) in enumerate(zip(prompts, images)):
+            path = folder / sample_filename(self.name, self.global_step, index, prompt.seed,
+                                            epoch=self.epoch if at_epoch_end else None)
+            image.save(path)
+            paths.append(str(path))
+            if self.writer is not None:
+                import numpy as np
+
+                self.writer.add_image(f"sample/{index}", np.asarray(image), self.global_step, dataformats="HWC")
+        self.emit(SamplesSaved(paths, self.epoch, self.global_step))
+
+    def _oom_advice(self) -> str:
+        v = self.values
+        tips = []
+        if v["train_batch_size"] > 1:
+            tips.append(f"lower train_batch_size (now {v['train_batch_size']})")
+        if not v["gradient_checkpointing"]:
+            tips.append("turn on gradient_checkpointing (much less memory, ~30% slower)")
+        if v["max_resolution"] != "512,512":
+            tips.append(f"train at 512,512 (now {v['max_resolution']})")
+        if v["network_dim"] > 32:
+            tips.append(f"lower network_dim (now {v['network_dim']})")
+        if v["optimizer"] not in ("AdamW8bit", "Lion8bit"):
+            tips.append("use optimizer AdamW8bit")
+        tips.append("close other programs using the GPU")
+        return (f"CUDA out of memory at step {self.global_step + 1}. Try: " + "; ".join(tips) + "."
+                + (f" The last good file is {self.files[-1]}." if self.files else ""))
