@@ -39,6 +39,16 @@ if [ -z "$VARIANT" ]; then
 fi
 case "$VARIANT" in cpu|cuda) ;; *) echo "setup.sh: CHARLORA_TORCH must be cpu or cuda, not '$VARIANT'" >&2; exit 2 ;; esac
 
+# Browser tests need a Chromium; Playwright's own download does not work offline, Debian's package does.
+if [ "$DEV" = 1 ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing Debian's chromium for the browser tests (about 1-2 minutes)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    say "note: no chromium found; the browser tests will be skipped (install your distribution's chromium)"
+  fi
+fi
+
 STAMP_WANT=$( { cat requirements.txt; [ "$DEV" = 1 ] && cat requirements-dev.txt; echo "$VARIANT ${CHARLORA_TORCH_INDEX:-}"; "$PY" --version; } | cksum)
 STAMP=.venv/.charlora-setup
 if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_WANT" ]; then

@@ -52,3 +52,17 @@ def test_listen_needs_auth():
         parse_args(["--listen"])
     args = parse_args(["--listen", "--auth", "me:pw", "--port", "9000"])
     assert args.listen and args.port == 9000
+
+
+def test_auth_file(tmp_path):
+    from charlora.ui.app import read_auth
+
+    auth = tmp_path / "users.txt"
+    auth.write_text("# people allowed\nmum:secret\ndad:other\n")
+    args = parse_args(["--listen", "--auth-file", str(auth)])
+    assert read_auth(args) == [("mum", "secret"), ("dad", "other")]
+    auth.write_text("no-colon\n")
+    with pytest.raises(SystemExit):
+        read_auth(parse_args(["--listen", "--auth-file", str(auth)]))
+    with pytest.raises(SystemExit):
+        parse_args(["--listen", "--port", "7000"])

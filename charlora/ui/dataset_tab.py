@@ -1,13 +1,120 @@
-"""Dataset tab: folders, preparation, the dataset report. (The report arrives with issue #3.)"""
+"""Dataset tab: prepare Kohya's folder layout, and check the dataset before training.
+
+The folders and the bucket / caption settings are the Parameters tab's controls: one place to set
+them, read here.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def build() -> None:
+from ..dataset import DatasetError, check_dataset, prepare_dataset
+from ..errors import CharLoRAError, ConfigError
+from .parameters_tab import ParametersTab, current_config
+
+
+@dataclass
+class DatasetTab:
+    check: object
+    summary: object
+    problems: object
+    buckets: object
+    thumbnails: object
+    images: object
+    dest: object
+    trigger: object
+    class_word: object
+    repeats: object
+    captions: object
+    prepare: object
+    prepare_message: object
+
+
+def build() -> DatasetTab:
     import gradio as gr
 
-    gr.Markdown(
-        "### Dataset\n"
-        "Your images go in Kohya's layout: `img/10_<trigger> <class>/` (10 = repeats), one caption "
-        "file per image.\n\n*The dataset report and preparation tool are being built (issue #3).*"
-    )
+    gr.Markdown("Kohya's layout: `train_data_dir` is the **parent** of folders like `10_wwaa girl` "
+                "(10 = repeats, `wwaa girl` = class tokens), one caption file per image. Set the folders in the "
+                "Parameters tab, or make them here from a plain folder of pictures.")
+    with gr.Accordion("Prepare a dataset from a folder of pictures (copies, never moves)", open=False):
+        with gr.Row():
+            images = gr.Textbox(label="Your pictures (a folder)", elem_id="prep-images")
+            dest = gr.Textbox(label="Project folder to create", elem_id="prep-dest")
+        with gr.Row():
+            trigger = gr.Textbox(label="Trigger word", placeholder="wwaa", elem_id="prep-trigger")
+            class_word = gr.Textbox(label="Class word", placeholder="girl", elem_id="prep-class")
+            repeats = gr.Number(label="Repeats", value=10, precision=0, minimum=1, maximum=10000)
+            captions = gr.Checkbox(label="Write a starter caption per image", value=True)
+        prepare = gr.Button("Prepare", elem_id="prep-run")
+        prepare_message = gr.Markdown("")
+    check = gr.Button("Check dataset", variant="primary", elem_id="dataset-check")
+    summary = gr.Markdown("", elem_id="dataset-summary")
+    with gr.Row():
+        problems = gr.Dataframe(headers=["file", "problem"], label="Problems", wrap=True, interactive=False,
+                                elem_id="dataset-problems")
+        buckets = gr.Dataframe(headers=["bucket", "images", "samples per epoch"], label="Buckets",
+                               interactive=False, elem_id="dataset-buckets")
+    thumbnails = gr.Gallery(label="Images", columns=8, height=220, elem_id="dataset-images")
+    return DatasetTab(check, summary, problems, buckets, thumbnails, images, dest, trigger, class_word, repeats,
+                      captions, prepare, prepare_message)
+
+
+def _thumbnails(report, limit: int = 32):
+    from PIL import Image
+
+    from ..dataset.images import load_rgb
+
+    out = []
+    for concept in report.plan.concepts:
+        for item in concept.images:
+            if len(out) >= limit:
+                return out
+            try:
+                image = load_rgb(item.path)
+            except OSError:
+                continue
+            image.thumbnail((160, 160), Image.Resampling.LANCZOS)
+            out.append((image, f"{item.path.name}: {item.caption}"))
+    return out
+
+
+def wire(tab: DatasetTab, params: ParametersTab) -> None:
+    import gradio as gr
+
+    def check(data):
+        try:
+            values = current_config(params, data).values
+            report = check_dataset(values)
+        except (DatasetError, ConfigError, CharLoRAError) as exc:
+            return ("**Cannot read the dataset.** " + str(exc).replace("\n", "\n\n"), [], [], [])
+        d = report.as_dict()
+        lines = [f"**{d['train_images']} images**, {d['train_samples_per_epoch']} training samples per epoch"
+                 + (f" + {d['reg_samples_per_epoch']} regularisation" if d["reg_samples_per_epoch"] else "")
+                 + f"; batch size {d['batch_size']}: **{d['steps_per_epoch']} steps per epoch x {d['epochs']} "
+                 f"epochs = {d['total_steps']} steps**.", ""]
+        for c in d["concepts"] + d["reg_concepts"]:
+            lines.append(f"- `{c['folder']}`: {c['images']} images x {c['repeats']} repeats, class tokens "
+                         f"'{c['class_tokens']}', captions {c['captions_found']} found / {c['captions_missing']} "
+                         f"missing / {c['captions_empty']} empty")
+        lines.append("")
+        lines.append(f"{len(d['problems'])} problem(s)." if d["problems"] else "No problems found.")
+        problems = [[p["file"], p["problem"]] for p in d["problems"]]
+        buckets = [[size, n, d["bucket_samples"][size]] for size, n in d["buckets"].items()]
+        return "\n".join(lines), problems, buckets, _thumbnails(report)
+
+    def prepare(images, dest, trigger, class_word, repeats, captions):
+        try:
+            result = prepare_dataset(images, dest, trigger, class_word, int(repeats or 10), write_captions=captions)
+        except CharLoRAError as exc:
+            return ("**Not done.** " + str(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        text = (f"Copied {result.copied} images to `{result.concept_dir}`"
+                + (f", wrote {result.captions_written} starter captions" if result.captions_written else "")
+                + ". The folders are set in the Parameters tab; put regularisation folders (like `1_girl`) in "
+                f"`{result.reg_dir}`." + ("\n\n" + "\n".join(f"- {s}" for s in result.skipped) if result.skipped else ""))
+        return text, str(result.img_dir), str(result.model_dir), str(result.log_dir), f"{trigger}-{class_word}"
+
+    tab.check.click(check, inputs=params.components(),
+                    outputs=[tab.summary, tab.problems, tab.buckets, tab.thumbnails])
+    tab.prepare.click(prepare, inputs=[tab.images, tab.dest, tab.trigger, tab.class_word, tab.repeats, tab.captions],
+                      outputs=[tab.prepare_message, params.controls["train_data_dir"], params.controls["output_dir"],
+                               params.controls["logging_dir"], params.controls["output_name"]])
