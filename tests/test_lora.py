@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import subprocess
 import sys
@@ -274,7 +275,7 @@ def test_damaged_files(tmp_path):
     with pytest.raises(LoRAFileError, match="truncated"):
         load_lora_weights(cut)
     noise = tmp_path / "noise.safetensors"
-    noise.write_bytes(os.urandom(4096))
+    noise.write_bytes(random.Random(2).randbytes(4096))
     with pytest.raises(LoRAFileError, match="not a safetensors|truncated"):
         load_lora_weights(noise)
     with pytest.raises(LoRAFileError, match="no such file"):
