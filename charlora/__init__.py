@@ -19,5 +19,9 @@ class _DropMessages(logging.Filter):
 # (only its image processors want it, and they fall back to PIL; nothing here uses them).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 logging.getLogger("transformers.utils.import_utils").addFilter(_DropMessages("requires torchvision (not installed)"))
+# diffusers' load_lora_weights makes transformers print a "LOAD REPORT" listing every LoRA weight of the
+# text encoder as MISSING: it is written while the adapter is injected, before its weights are set
+# (the loaded text encoder matches the trained one; tests/test_lora.py checks it).
+logging.getLogger("transformers.integrations.peft").addFilter(_DropMessages("LOAD REPORT"))
 # The CLI and the GUI show the engine's messages themselves (events); no second copy on stderr.
 logging.getLogger("charlora").addHandler(logging.NullHandler())

@@ -224,3 +224,51 @@ def test_train_outlives_its_page_and_stops(open_page, tiny_model, tmp_path):
     stopped_file = out / f"tiny-demo-step{snapshot.step:08d}.safetensors"
     assert stopped_file.is_file() and (out / f"tiny-demo-step{snapshot.step:08d}-state").is_dir()
     again.screenshot(path=str(ARTIFACTS / "training-stopped.png"), full_page=True)
+
+
+def test_evaluation_grid_and_scores_from_a_finished_run(open_page, tiny_model, tmp_path):
+    from playwright.sync_api import expect
+
+    from charlora.params import load_config, normalize
+    from charlora.train import train
+
+    for i in range(3):
+        save(tmp_path / "img" / "2_wwaa girl" / f"{i}.png", pattern(64, 64, i), "wwaa girl, smiling")
+    values = dict(load_config(REPO / "presets" / "quick-tiny-demo.json").values,
+                  pretrained_model_name_or_path=str(tiny_model.folder), train_data_dir=str(tmp_path / "img"),
+                  output_dir=str(tmp_path / "model"), output_name="girl", epoch=3)
+    assert train(normalize(values).values).status == "completed"
+
+    page = open_page()
+    page.get_by_role("tab", name="Evaluation").click()
+
+    def fill(elem_id, value):
+        box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+        box.fill(value)
+        box.press("Tab")
+
+    fill("eval-base-model", str(tiny_model.folder))
+    fill("eval-lora-folder", str(tmp_path / "model"))
+    fill("eval-name", "girl")
+    fill("eval-prompt", "portrait of a girl <lora:girl:1>")
+    fill("eval-x-values", "none, girl-000001, girl-000002, girl")
+    fill("eval-y-values", "7,9")
+    for elem_id, value in (("eval-steps", "2"), ("eval-width", "64"), ("eval-height", "64")):
+        fill(elem_id, value)
+    page.locator("#eval-grid").click()
+    bar = page.locator("#eval-progress-bar")
+    expect(bar).to_have_attribute("data-state", "completed", timeout=180_000)
+    expect(bar).to_have_attribute("data-done", "8")
+    expect(page.locator("#eval-image img")).to_be_visible(timeout=30_000)
+    grids = list((tmp_path / "model" / "grids").glob("grid-*.png"))
+    assert len([g for g in grids if "-x" not in g.name]) == 1
+
+    fill("eval-train-dir", str(tmp_path / "img"))
+    fill("eval-scorer", "tiny")
+    fill("eval-score-seeds", "1,2")
+    fill("eval-score-prompts", "portrait of a girl")
+    page.locator("#eval-score").click()
+    expect(page.locator("#eval-recommendation")).to_contain_text("Recommended", timeout=180_000)
+    expect(page.locator("#eval-scores")).to_contain_text("girl-000001")
+    expect(page.locator("#eval-scores")).to_contain_text("no LoRA")
+    page.screenshot(path=str(ARTIFACTS / "evaluation.png"), full_page=True)

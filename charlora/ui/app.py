@@ -38,12 +38,13 @@ def build_app():
             with gr.Tab("Training", id="training"):
                 training = training_tab.build()
             with gr.Tab("Evaluation", id="evaluation"):
-                evaluation_tab.build()
+                evaluation = evaluation_tab.build()
         timer = gr.Timer(1.0)
         # events are wired once every tab exists: the Dataset and Training tabs read the Parameters controls
         parameters_tab.wire(params)
         dataset_tab.wire(dataset, params)
         training_tab.wire(training, params, demo, timer)
+        evaluation_tab.wire(evaluation, params, demo, timer)
     return demo
 
 

@@ -1,0 +1,163 @@
+"""`grid`, `seeds`, `score` and `keep`: the Evaluation tab, headless."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _size(text: str) -> tuple[int, int]:
+    from ..errors import CharLoRAError
+
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        width, height = (int(parts[0]), int(parts[-1]))
+    except ValueError:
+        raise CharLoRAError(f"--size {text!r}: use 512 or 512x768") from None
+    return width, height
+
+
+def _axis(text: str | None, name: str) -> tuple[str, str]:
+    from ..errors import CharLoRAError
+
+    if not text:
+        return "nothing", ""
+    kind, sep, values = text.partition("=")
+    if not sep:
+        raise CharLoRAError(f"--{name} {text!r}: use KIND=VALUES, e.g. --{name} cfg=7,8,9,10")
+    return kind.strip(), values
+
+
+def _common(parser, lora: str = "folder") -> None:
+    parser.add_argument("--base-model", required=True, help="SD 1.5 model: file, diffusers folder or Hub id")
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--sampler", default="euler_a", help="Kohya's sampler names (euler_a, ddim, dpmsolver++, ...)")
+    parser.add_argument("--size", default="512", help="512 or WIDTHxHEIGHT")
+    parser.add_argument("--clip-skip", type=int, default=1)
+    parser.add_argument("--out", required=True, help="output folder (or file for seeds)")
+
+
+def register(subparsers) -> None:
+    grid = subparsers.add_parser("grid", help="A1111-style X/Y/Z grid of checkpoints, CFG, seeds, ...",
+                                 description="Render an X/Y/Z plot as AUTOMATIC1111 does. Axes: prompt_sr, cfg, "
+                                             "checkpoint, lora_weight, seed, steps, sampler. "
+                                             "Example: --x prompt_sr=chk,2,4,6 --y cfg=7,8,9,10")
+    _common(grid)
+    grid.add_argument("--lora-folder", required=True, help="folder of the LoRA files (<lora:NAME:W> resolves here)")
+    grid.add_argument("--prompt", required=True, help="prompt with <lora:NAME:W> tags")
+    grid.add_argument("--x", help="KIND=VALUES for the columns")
+    grid.add_argument("--y", help="KIND=VALUES for the rows")
+    grid.add_argument("--z", help="KIND=VALUES: one grid per value")
+    grid.add_argument("--seed", type=int, default=1234, help="the one seed of every cell (unless an axis is seed)")
+    grid.set_defaults(handler=run_grid)
+
+    seeds = subparsers.add_parser("seeds", help="one checkpoint over several seeds, as a sheet")
+    _common(seeds)
+    seeds.add_argument("--lora", help="the LoRA file (none = base model)")
+    seeds.add_argument("--prompt", required=True)
+    seeds.add_argument("--seeds", default="1-8", help="e.g. 1-8 or 3,5,7")
+    seeds.add_argument("--weight", type=float, default=1.0)
+    seeds.set_defaults(handler=run_seeds)
+
+    score = subparsers.add_parser("score", help="score every checkpoint of a run and recommend one",
+                                  description="Generate with each checkpoint (and without LoRA), compare with the "
+                                              "training images and each other, recommend a checkpoint.")
+    _common(score)
+    score.add_argument("--lora-folder", required=True)
+    score.add_argument("--name", required=True, help="the run's output_name")
+    score.add_argument("--train-data-dir", required=True, help="the run's train_data_dir")
+    score.add_argument("--caption-extension", default=".txt")
+    score.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    score.add_argument("--seeds", default="1-4")
+    score.add_argument("--scorer", default="", help="CLIP model folder or Hub id (default: the SD folder's safety "
+                                                    "checker, else openai/clip-vit-large-patch14)")
+    score.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    score.set_defaults(handler=run_score)
+
+    keep = subparsers.add_parser("keep", help="copy the chosen LoRA into a folder and archive the rest of its run")
+    keep.add_argument("file", help="the LoRA file to keep")
+    keep.add_argument("--to", required=True, help="e.g. stable-diffusion-webui/models/Lora")
+    keep.add_argument("--name", help="the run's output_name (default: from the file name)")
+    keep.set_defaults(handler=run_keep)
+
+
+def run_grid(args) -> int:
+    from ..evaluate import GridSpec, build_grid
+
+    x_kind, x_values = _axis(args.x, "x")
+    y_kind, y_values = _axis(args.y, "y")
+    z_kind, z_values = _axis(args.z, "z")
+    width, height = _size(args.size)
+    spec = GridSpec(base_model=args.base_model, lora_folder=args.lora_folder, prompt=args.prompt,
+                    negative=args.negative, output_dir=args.out, x_kind=x_kind, x_values=x_values, y_kind=y_kind,
+                    y_values=y_values, z_kind=z_kind, z_values=z_values, seed=args.seed, steps=args.steps,
+                    cfg=args.cfg, sampler=args.sampler, width=width, height=height, clip_skip=args.clip_skip)
+    result = build_grid(spec, progress=lambda done, total, image: print(f"cell {done}/{total}", file=sys.stderr))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    for path in result.grids:
+        print(f"grid: {path}")
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    from ..evaluate.prompts import parse_axis_values
+
+    return [int(s) for s in parse_axis_values("seed", text)]
+
+
+def run_seeds(args) -> int:
+    from pathlib import Path
+
+    from ..evaluate import Renderer, seed_batch
+
+    width, height = _size(args.size)
+    renderer = Renderer(args.base_model, clip_skip=args.clip_skip)
+    out = Path(args.out if args.out.endswith(".png") else f"{args.out}/seeds.png")
+    path, _ = seed_batch(renderer, Path(args.lora) if args.lora else None, args.prompt, args.negative,
+                         _seeds(args.seeds), out, steps=args.steps, cfg=args.cfg, sampler=args.sampler, width=width,
+                         height=height, weight=args.weight)
+    print(f"sheet: {path}")
+    return 0
+
+
+def run_score(args) -> int:
+    from ..evaluate import ScoreSpec, score_run
+
+    width, height = _size(args.size)
+    spec = ScoreSpec(base_model=args.base_model, lora_folder=args.lora_folder, output_name=args.name,
+                     train_data_dir=args.train_data_dir, output_dir=args.out, prompts=args.prompt,
+                     seeds=_seeds(args.seeds), negative=args.negative, scorer=args.scorer, steps=args.steps,
+                     cfg=args.cfg, sampler=args.sampler, width=width, height=height, clip_skip=args.clip_skip,
+                     caption_extension=args.caption_extension)
+    report = score_run(spec, progress=lambda done, total, image: print(f"image {done}/{total}", file=sys.stderr))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{'checkpoint':<32} {'epoch':>5} {'identity':>9} {'consistency':>12} {'prompt':>7}  warnings")
+    for row in report["rows"]:
+        fidelity = "-" if row["prompt_fidelity"] is None else f"{row['prompt_fidelity']:.3f}"
+        print(f"{row['name']:<32} {str(row['epoch'] or ''):>5} {row['identity']:>9.3f} {row['consistency']:>12.3f} "
+              f"{fidelity:>7}  {'; '.join(row['warnings'])}")
+    rec = report["recommendation"]
+    print(f"recommended: {rec['name']} ({report['recommended_file']})")
+    for reason in rec["reasons"]:
+        print(f"  - {reason}")
+    return 0
+
+
+def run_keep(args) -> int:
+    import re
+    from pathlib import Path
+
+    from ..evaluate import keep_checkpoint, run_files_of
+
+    chosen = Path(args.file)
+    name = args.name or re.sub(r"-(\d{6}|step\d{8})$", "", chosen.stem)
+    result = keep_checkpoint(chosen, Path(args.to), run_files_of(chosen.parent, name))
+    print(f"kept: {result.kept}")
+    for path in result.archived:
+        print(f"archived: {path}")
+    return 0
