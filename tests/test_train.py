@@ -322,3 +322,20 @@ def test_out_of_memory_gives_advice(tiny_model, data, tmp_path, monkeypatch):
     assert result.status == "failed"
     assert "out of memory" in result.message and "gradient_checkpointing" in result.message
     assert "train_batch_size (now 2)" in result.message and "network_dim (now 64)" in result.message
+
+
+def test_text_encoder_output_cache_changes_nothing_but_speed(tiny_model, data, tmp_path):
+    cached_events = Recorder()
+    cached = train(config(tiny_model, data, tmp_path / "a", text_encoder_lr=0.0, epoch=1), [cached_events])
+    # shuffle_caption with keep_tokens covering every tag leaves captions as they are but disables the cache
+    live = train(config(tiny_model, data, tmp_path / "b", text_encoder_lr=0.0, epoch=1, shuffle_caption=True,
+                        keep_tokens=2))
+    assert any("text encoder outputs cached" in getattr(e, "text", "") for e in cached_events.events)
+    assert cached.losses == pytest.approx(live.losses, rel=1e-6)
+
+
+def test_dynamo_backend_compiles_the_unet(tiny_model, data, tmp_path):
+    recorder = Recorder()
+    result = train(config(tiny_model, data, tmp_path, epoch=1, dynamo_backend="eager"), [recorder])
+    assert result.status == "completed", result.message
+    assert any("torch.compile" in getattr(e, "text", "") for e in recorder.events)

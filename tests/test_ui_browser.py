@@ -272,3 +272,14 @@ def test_evaluation_grid_and_scores_from_a_finished_run(open_page, tiny_model, t
     expect(page.locator("#eval-scores")).to_contain_text("girl-000001")
     expect(page.locator("#eval-scores")).to_contain_text("no LoRA")
     page.screenshot(path=str(ARTIFACTS / "evaluation.png"), full_page=True)
+
+
+def test_vram_estimate_in_the_training_tab(open_page):
+    from playwright.sync_api import expect
+
+    page = open_page()
+    page.get_by_role("tab", name="Training").click()
+    page.locator("#train-estimate-button").click()
+    expect(page.locator("#train-estimate")).to_contain_text("VRAM estimate", timeout=30_000)
+    expect(page.locator("#train-estimate")).to_contain_text("optimizer state")
+    expect(page.locator("#train-estimate")).to_contain_text("no NVIDIA GPU detected")

@@ -81,6 +81,14 @@ def run_train(args) -> int:
     import torch
 
     main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    if main:
+        from ..monitor import default_monitor
+        from ..vram_estimate import estimate_vram
+
+        reading = default_monitor().read()
+        estimate = estimate_vram(loaded.values, reading.total_bytes if reading.available else None)
+        print(f"VRAM estimate: {estimate.total / 1024**3:.1f} GiB"
+              + (f" ({estimate.verdict()})" if reading.available else f" ({reading.message})"), flush=True)
     stop = StopRequest()
 
     def on_interrupt(signum, frame):

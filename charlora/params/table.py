@@ -226,6 +226,10 @@ PARAMS: tuple[Param, ...] = (
           help="Kohya's memory-efficient attention."),
     Param("num_cpu_threads_per_process", "int", 2, "precision & memory", min=1, max=256,
           help="CPU threads per training process."),
+    Param("dynamo_backend", "choice", "no", "precision & memory",
+          choices=("no", "inductor", "eager", "aot_eager", "cudagraphs"),
+          help="Opt-in torch.compile of the UNet (Kohya's dynamo_backend): faster steps on some GPUs after a "
+               "slow first step; 'no' is the safe default."),
     Param("num_processes", "int", 1, "precision & memory", min=1, max=64,
           help="Training processes (one per GPU) for `accelerate launch`; used in the printed training command."),
     Param("gpu_ids", "str", "", "precision & memory",

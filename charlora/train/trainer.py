@@ -36,10 +36,30 @@ from .text import encode, tokenize
 
 log = logging.getLogger("charlora.train")
 _RUN_LOCK = threading.Lock()  # one run per process: two would fight over the GPU and the files
+LOSS_SYNC_EVERY = 10  # on a GPU, steps between reading the loss back (CPU: every step, it costs nothing)
 
 
-class TrainingStopped(Exception):
-    pass
+class _PhaseClock:
+    """Seconds spent in each phase of a step (only when profiling: it synchronises the device)."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.cuda = device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        if not self.enabled:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.times[phase] = self.times.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def take(self) -> dict:
+        times, self.times = self.times, {}
+        return times
 
 
 @dataclass
@@ -50,15 +70,20 @@ class RunResult:
     files: list = field(default_factory=list)
     last_good_file: str | None = None
     losses: list = field(default_factory=list)
+    phase_times: list = field(default_factory=list)  # per step {"data", "forward", "backward", "optimizer"} (profile)
 
 
-def train(values: dict, listeners=(), stop: StopRequest | None = None) -> RunResult:
+def train(values: dict, listeners=(), stop: StopRequest | None = None, pipe=None, profile: bool = False) -> RunResult:
     """Run one training to the end (or until stopped). Never raises for the user's mistakes:
-    the result says what happened, and the events said it as it happened."""
+    the result says what happened, and the events said it as it happened.
+
+    `pipe`: an already loaded base model (the benchmark's random-weight SD 1.5) instead of
+    `pretrained_model_name_or_path`. `profile`: time the phases of each step (with a device
+    synchronisation between them, so only for benchmarks)."""
     if not _RUN_LOCK.acquire(blocking=False):
         raise CharLoRAError("a training run is already going in this process; stop it before starting another")
     try:
-        return Trainer(values, Emitter(listeners), stop or StopRequest()).run()
+        return Trainer(values, Emitter(listeners), stop or StopRequest(), pipe=pipe, profile=profile).run()
     finally:
         _RUN_LOCK.release()
 
@@ -68,8 +93,11 @@ def is_running() -> bool:
 
 
 class Trainer:
-    def __init__(self, values: dict, emit: Emitter, stop: StopRequest):
+    def __init__(self, values: dict, emit: Emitter, stop: StopRequest, pipe=None, profile: bool = False):
         self.values = values
+        self.given_pipe = pipe
+        self.profile = profile
+        self.phase_times: list[dict] = []
         self.emit = emit
         self.stop = stop
         self.files: list[str] = []
@@ -97,7 +125,8 @@ class Trainer:
         if status == "failed":
             self.emit(Message("error", message))
         self.emit(RunFinished(status, message, self.global_step, list(self.files), last_good))
-        return RunResult(status, message, self.global_step, list(self.files), last_good, list(self.losses))
+        return RunResult(status, message, self.global_step, list(self.files), last_good, list(self.losses),
+                         list(self.phase_times))
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -125,7 +154,8 @@ class Trainer:
         self.plan = setup.plan_dataset(v, self.world, self.emit)
         self.total_steps = self.plan.total_steps
         self.total_epochs = self.plan.total_epochs
-        self.pipe = setup.load_model(v, self.precision, self.emit)
+        self.pipe = setup.prepare_model(self.given_pipe, self.precision) if self.given_pipe is not None \
+            else setup.load_model(v, self.precision, self.emit)
         self.attention = setup.set_attention(self.pipe, v, self.emit)
         # Kohya's training schedule, whatever scheduler the checkpoint came with
         self.noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -152,6 +182,7 @@ class Trainer:
         if v["resume"]:
             self._resume(v["resume"])
 
+        self.text_cache = self._cache_text_states()
         self.run_info = self._run_info()
         self.writer = self._tensorboard() if self.main else None
         if self.main:
@@ -164,6 +195,27 @@ class Trainer:
             batch_size=v["train_batch_size"], processes=self.world, device=str(self.device),
             precision=self.precision.label, attention=self.attention, optimizer=optimizer_label, seed=self.seed,
             start_step=self.global_step))
+
+    @torch.no_grad()
+    def _cache_text_states(self) -> dict | None:
+        """Fast path: when the text encoder is not trained and captions never change (no shuffling, no
+        dropout), encode each caption once instead of every step; on a GPU the text encoder then leaves
+        it (~250 MB in fp16)."""
+        v = self.values
+        if self.network.settings.train_text_encoder or v["shuffle_caption"] or v["caption_dropout_rate"] \
+                or v["caption_dropout_every_n_epochs"]:
+            return None
+        captions = sorted({sample.item.caption for sample in self.plan.samples})
+        cache = {}
+        for start in range(0, len(captions), 16):
+            chunk = captions[start:start + 16]
+            ids = tokenize(self.pipe.tokenizer, chunk, v["max_token_length"]).to(self.device)
+            hidden = encode(self.pipe.text_encoder, ids, v["clip_skip"], v["max_token_length"])
+            cache.update({c: hidden[i:i + 1].to(self.precision.weight_dtype) for i, c in enumerate(chunk)})
+        if self.device.type == "cuda" and not v["sample_every_n_epochs"] and not v["sample_every_n_steps"]:
+            self.pipe.text_encoder.to("cpu")
+        self.emit.info(f"text encoder outputs cached for {len(cache)} caption(s) (the text encoder is not trained)")
+        return cache
 
     def _run_info(self) -> RunInfo:
         v = self.values
@@ -207,6 +259,7 @@ class Trainer:
         accumulate = v["gradient_accumulation_steps"]
         recent = deque(maxlen=20)
         epoch_losses: list[float] = []
+        self._pending: list[tuple[int, torch.Tensor]] = []
         full_loader = make_loader(self.dataset, v)
         started = time.time()
         last_tick = started
@@ -215,28 +268,30 @@ class Trainer:
             loader = make_loader(self.dataset, v, self.start_batch) if self.start_batch else full_loader
             batches_done = self.start_batch
             pending = 0
+            clock = _PhaseClock(self.profile, self.device)
             for batch in loader:
+                clock.mark("data")
                 loss = self._forward(batch)
+                clock.mark("forward")
                 self.scaler.scale(loss / accumulate).backward()
+                clock.mark("backward")
                 batches_done += 1
                 pending += 1
                 if pending < accumulate and batches_done < len(self.dataset):
                     continue
                 pending = 0
                 self._optimizer_step()
+                clock.mark("optimizer")
+                if self.profile:
+                    self.phase_times.append(clock.take())
                 self.global_step += 1
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise CharLoRAError(
-                        f"the loss became {loss_value} at step {self.global_step} (epoch {self.epoch}); training "
-                        "stopped. " + (f"The last good file is {self.files[-1]}. " if self.files else "")
-                        + "Try a lower learning rate, mixed_precision bf16, or turning off full_fp16.")
-                self.losses.append(loss_value)
-                epoch_losses.append(loss_value)
-                now = time.time()
-                recent.append(now - last_tick)
-                last_tick = now
-                self._report_step(loss_value, epoch_losses, recent)
+                self._pending.append((self.global_step, loss.detach()))
+                if self._must_sync(batches_done):
+                    now = time.time()
+                    steps = len(self._pending)
+                    recent.extend([(now - last_tick) / steps] * steps)
+                    last_tick = now
+                    self._flush_losses(epoch_losses, recent)
                 self._after_step(batches_done)
                 if self.global_step >= self.total_steps:
                     break
@@ -250,6 +305,30 @@ class Trainer:
             self._save(ckpt.final_file(self.output_dir, self.name), self.total_epochs)
         elapsed = time.time() - started
         return "completed", f"finished {self.global_step} steps in {elapsed:.0f} s; saved {len(self.files)} file(s)"
+
+    def _must_sync(self, batches_done: int) -> bool:
+        """Read the losses back from the GPU only every LOSS_SYNC_EVERY steps (each read stalls the GPU's
+        queue), and always before anything that must not act on a NaN: saving, sampling, stopping, the end."""
+        if self.device.type != "cuda" or len(self._pending) >= LOSS_SYNC_EVERY:
+            return True
+        v, step = self.values, self.global_step
+        due = [v["save_every_n_steps"], v["sample_every_n_steps"]]
+        return (any(n and step % n == 0 for n in due) or step >= self.total_steps or self.stop.requested
+                or batches_done >= len(self.dataset))
+
+    def _flush_losses(self, epoch_losses: list[float], recent: deque) -> None:
+        values = torch.stack([loss for _, loss in self._pending]).float().cpu().tolist()  # one synchronisation
+        steps = [step for step, _ in self._pending]
+        self._pending = []
+        for step, value in zip(steps, values):
+            if not math.isfinite(value):
+                raise CharLoRAError(
+                    f"the loss became {value} at step {step} (epoch {self.epoch}); training stopped. "
+                    + (f"The last good file is {self.files[-1]}. " if self.files else "")
+                    + "Try a lower learning rate, mixed_precision bf16, or turning off full_fp16.")
+            self.losses.append(value)
+            epoch_losses.append(value)
+            self._report_step(step, value, epoch_losses, recent)
 
     def _forward(self, batch: dict) -> torch.Tensor:
         v = self.values
@@ -279,12 +358,15 @@ class Trainer:
         weights, captions = weights[lo:hi].to(self.device), captions[lo:hi]
 
         train_te = self.network.settings.train_text_encoder and not self._text_encoder_stopped()
-        input_ids = tokenize(self.pipe.tokenizer, captions, v["max_token_length"]).to(self.device)
         autocast = torch.autocast(self.device.type, dtype=self.precision.autocast_dtype,
                                   enabled=self.precision.autocast_dtype is not None)
         with autocast:
-            with torch.set_grad_enabled(train_te):
-                hidden = encode(self.pipe.text_encoder, input_ids, v["clip_skip"], v["max_token_length"])
+            if self.text_cache is not None:
+                hidden = torch.cat([self.text_cache[c] for c in captions])
+            else:
+                input_ids = tokenize(self.pipe.tokenizer, captions, v["max_token_length"]).to(self.device)
+                with torch.set_grad_enabled(train_te):
+                    hidden = encode(self.pipe.text_encoder, input_ids, v["clip_skip"], v["max_token_length"])
             noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
             prediction = self.pipe.unet(noisy.to(self.precision.weight_dtype), timesteps,
                                         hidden.to(self.precision.weight_dtype)).sample
@@ -319,18 +401,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
 
-    def _report_step(self, loss: float, epoch_losses: list[float], recent: deque) -> None:
+    def _report_step(self, step: int, loss: float, epoch_losses: list[float], recent: deque) -> None:
         lrs = {name: group["lr"] for name, group in zip(self.group_names, self.optimizer.param_groups)}
         per_step = sum(recent) / len(recent)
         it_per_s = 1.0 / per_step if per_step > 0 else 0.0
-        eta = (self.total_steps - self.global_step) * per_step
+        eta = (self.total_steps - step) * per_step
         average = sum(epoch_losses) / len(epoch_losses)
-        self.emit(Step(self.global_step, self.epoch, loss, average, lrs, it_per_s, eta))
+        self.emit(Step(step, self.epoch, loss, average, lrs, it_per_s, eta))
         if self.writer is not None:
-            self.writer.add_scalar("loss/current", loss, self.global_step)
-            self.writer.add_scalar("loss/average", average, self.global_step)
+            self.writer.add_scalar("loss/current", loss, step)
+            self.writer.add_scalar("loss/average", average, step)
             for name, lr in lrs.items():
-                self.writer.add_scalar(f"lr/{name}", lr, self.global_step)
+                self.writer.add_scalar(f"lr/{name}", lr, step)
 
     def _after_step(self, batches_done: int) -> None:
         v = self.values

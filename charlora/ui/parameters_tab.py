@@ -31,6 +31,8 @@ class ParametersTab:
     save_as: object
     import_file: object
     message: object
+    estimate_button: object
+    estimate: object
 
     def components(self) -> set:
         return set(self.controls.values())
@@ -81,6 +83,9 @@ def build() -> ParametersTab:
         import_file = gr.File(label="Import a Kohya JSON config", file_types=[".json"], type="filepath",
                               elem_id="preset-import", scale=2)
     message = gr.Markdown("", elem_id="preset-message")
+    with gr.Row():
+        estimate_button = gr.Button("Estimate VRAM", size="sm", elem_id="param-estimate-button")
+    estimate = gr.Markdown("", elem_id="param-estimate")
 
     live = [p for p in PARAMS if p.effect != "ignored" and not p.secret]
     for group in _TOP_GROUPS:
@@ -101,7 +106,8 @@ def build() -> ParametersTab:
         for p in PARAMS:
             if p.effect == "ignored" and not p.secret:
                 controls[p.key] = control_for(p, values[p.key])
-    return ParametersTab(controls, preset, refresh, load, save, save_as_name, save_as, import_file, message)
+    return ParametersTab(controls, preset, refresh, load, save, save_as_name, save_as, import_file, message,
+                         estimate_button, estimate)
 
 
 # --------------------------------------------------------------------------- values <-> controls
@@ -195,3 +201,13 @@ def wire(tab: ParametersTab) -> None:
                       inputs={tab.save_as_name, *tab.components()}, outputs=[tab.message, tab.preset])
     tab.save.click(save_selected, inputs={tab.preset, *tab.components()}, outputs=[tab.message, tab.preset])
     tab.refresh.click(lambda: gr.update(choices=_preset_choices()), outputs=tab.preset)
+
+    def estimate(data):
+        from .training_tab import estimate_text
+
+        try:
+            return gr.update(value=estimate_text(current_config(tab, data).values))
+        except ConfigError as exc:
+            return gr.update(value=_error(exc))
+
+    tab.estimate_button.click(estimate, inputs=tab.components(), outputs=tab.estimate)

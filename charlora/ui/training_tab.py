@@ -32,6 +32,8 @@ class TrainingTab:
     log: object
     command_button: object
     command: object
+    estimate_button: object
+    estimate: object
     message: object
     seen: object  # per-browser-tab state: what this page already shows
 
@@ -44,6 +46,9 @@ def build() -> TrainingTab:
         stop = gr.Button("Stop (save and keep a resumable state)", variant="stop", interactive=False,
                          elem_id="train-stop")
     message = gr.Markdown("", elem_id="train-message")
+    with gr.Row():
+        estimate_button = gr.Button("Estimate VRAM for these settings", size="sm", elem_id="train-estimate-button")
+    estimate = gr.Markdown("", elem_id="train-estimate")
     progress = gr.HTML(_progress_html(0, 0), elem_id="train-progress")
     status = gr.Markdown("Not started.", elem_id="train-status")
     with gr.Row():
@@ -59,7 +64,7 @@ def build() -> TrainingTab:
         command = gr.Textbox(label="Command line for this config", interactive=False, elem_id="train-command")
     seen = gr.State({"version": -1, "step": -1, "samples": -1, "files": -1})
     return TrainingTab(start, stop, status, progress, plot, vram, samples, files, log, command_button, command,
-                       message, seen)
+                       estimate_button, estimate, message, seen)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -113,6 +118,18 @@ def status_text(snap) -> str:
     if snap.message and not snap.running:
         lines.append(("**Error:** " if snap.state == "failed" else "") + snap.message)
     return "\n\n".join(lines)
+
+
+def estimate_text(values: dict) -> str:
+    """The VRAM estimate for these settings beside this GPU's total (NVML), as Markdown."""
+    from ..vram_estimate import estimate_vram, format_estimate
+
+    reading = default_monitor().read()
+    estimate = estimate_vram(values, reading.total_bytes if reading.available else None)
+    text = "```\n" + format_estimate(estimate) + "\n```"
+    if not reading.available:
+        text += f"\n\n{reading.message}: compare {estimate.total / 1024**3:.1f} GiB with your GPU's memory."
+    return text
 
 
 def vram_text() -> str:
@@ -185,8 +202,15 @@ def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
             values = current_config(params, data).values
             current_job().start(values)
         except (CharLoRAError, ConfigError) as exc:
-            return gr.update(value="**Not started.** " + str(exc).replace("\n", "\n\n"))
-        return gr.update(value=f"Started at {time.strftime('%H:%M:%S')}. Closing this page does not stop training.")
+            return gr.update(value="**Not started.** " + str(exc).replace("\n", "\n\n")), gr.skip()
+        return (gr.update(value=f"Started at {time.strftime('%H:%M:%S')}. Closing this page does not stop training."),
+                gr.update(value=estimate_text(values)))
+
+    def estimate(data):
+        try:
+            return gr.update(value=estimate_text(current_config(params, data).values))
+        except ConfigError as exc:
+            return gr.update(value=str(exc))
 
     def stop():
         current_job().stop(save=True)
@@ -200,7 +224,8 @@ def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
         path = save_config(values, charlora_home() / "commands" / f"{values['output_name'] or 'last'}.json")
         return gr.update(value=training_command(values, str(path)))
 
-    tab.start.click(start, inputs=params.components(), outputs=tab.message, concurrency_limit=None)
+    tab.start.click(start, inputs=params.components(), outputs=[tab.message, tab.estimate], concurrency_limit=None)
+    tab.estimate_button.click(estimate, inputs=params.components(), outputs=tab.estimate)
     tab.stop.click(stop, outputs=tab.message, concurrency_limit=None)
     tab.command_button.click(command, inputs=params.components(), outputs=tab.command)
     # the tick must never queue behind other events, nor show a spinner every second
