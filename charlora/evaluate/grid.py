@@ -24,13 +24,25 @@ from .prompts import AXIS_KINDS, EvaluationError, LoraIndex, axis_label, parse_a
 NO_LORA = ("none", "no lora", "no-lora", "base")
 
 
-@dataclass
-class GridSpec:
+@dataclass(kw_only=True)
+class GenerationSettings:
+    """How each image is generated (shared by grids, seed batches and scoring)."""
+
+    negative: str = ""
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = "euler_a"
+    width: int = 512
+    height: int = 512
+    clip_skip: int = 1
+
+
+@dataclass(kw_only=True)
+class GridSpec(GenerationSettings):
     base_model: str
     lora_folder: str
     prompt: str
     output_dir: str
-    negative: str = ""
     x_kind: str = "checkpoint"
     x_values: str = ""
     y_kind: str = "cfg"
@@ -38,12 +50,6 @@ class GridSpec:
     z_kind: str = "nothing"
     z_values: str = ""
     seed: int = 1234
-    steps: int = 20
-    cfg: float = 7.0
-    sampler: str = "euler_a"
-    width: int = 512
-    height: int = 512
-    clip_skip: int = 1
     name: str = "grid"
 
 

@@ -19,14 +19,14 @@ from ..dataset.images import load_rgb
 from ..errors import CharLoRAError
 from ..fileio import atomic_write_text
 from ..lora.kohya_file import read_header
-from .grid import Cell, Renderer
+from .grid import Cell, GenerationSettings, Renderer
 from .keep import run_files_of
 from .prompts import parse_prompt
 from .score import BASELINE_NAME, load_embedder, score_images, score_report, tiny_clip
 
 
-@dataclass
-class ScoreSpec:
+@dataclass(kw_only=True)
+class ScoreSpec(GenerationSettings):
     base_model: str
     lora_folder: str
     output_name: str
@@ -34,14 +34,7 @@ class ScoreSpec:
     output_dir: str
     prompts: list = field(default_factory=lambda: ["portrait of a girl"])
     seeds: list = field(default_factory=lambda: [1, 2, 3, 4])
-    negative: str = ""
     scorer: str = ""  # local folder, SD folder with safety_checker, Hub id, or "tiny" (tests and demos)
-    steps: int = 20
-    cfg: float = 7.0
-    sampler: str = "euler_a"
-    width: int = 512
-    height: int = 512
-    clip_skip: int = 1
     caption_extension: str = ".txt"
 
 
