@@ -123,7 +123,7 @@ def test_latent_cache_reused_and_invalidated(small, vae, monkeypatch):
     changed = LatentCache(vae, flip_aug=False, to_disk=True, seed=7)
     changed.fill(build_plan(values))
     assert changed.encoded == 1 and changed.read_from_disk == 3
-    assert len(list((small / "img" / "3_wwaa girl" / CACHE_DIR_NAME).glob("a-*.safetensors"))) == 1
+    assert len(list((small / "img" / "3_wwaa girl" / CACHE_DIR_NAME).glob("a.png-*.safetensors"))) == 1
 
     # a changed resolution (other buckets) or another VAE reuses nothing
     bigger = config(small, cache_latents_to_disk=True, max_resolution="256,256", max_bucket_reso=512)

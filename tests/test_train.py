@@ -339,3 +339,48 @@ def test_dynamo_backend_compiles_the_unet(tiny_model, data, tmp_path):
     result = train(config(tiny_model, data, tmp_path, epoch=1, dynamo_backend="eager"), [recorder])
     assert result.status == "completed", result.message
     assert any("torch.compile" in getattr(e, "text", "") for e in recorder.events)
+
+
+def test_resume_keeps_the_seed_of_the_stopped_run(tiny_model, data, tmp_path):
+    stop = StopRequest()
+    first_events = Recorder()
+
+    def stop_at_3(event):
+        first_events(event)
+        if isinstance(event, Step) and event.step == 3:
+            stop.request(save=True)
+
+    first = train(config(tiny_model, data, tmp_path, seed=None), [stop_at_3], stop)
+    assert first.status == "stopped"
+    seed = first_events.of(RunStarted)[0].seed
+    resumed_events = Recorder()
+    second = train(config(tiny_model, data, tmp_path, seed=None, resume=str(tmp_path / "tiny-demo-step00000003-state")),
+                   [resumed_events])
+    assert second.status == "completed" and resumed_events.of(RunStarted)[0].seed == seed
+
+
+def test_pruning_leaves_files_of_an_earlier_run_and_the_new_file(tiny_model, data, tmp_path):
+    for epoch in (7, 8, 9):  # an earlier, longer run with the same output_name
+        (tmp_path / f"tiny-demo-{epoch:06d}.safetensors").write_bytes(b"earlier run")
+    result = train(config(tiny_model, data, tmp_path, epoch=3, save_every_n_epochs=1, save_last_n_epochs=1))
+    assert result.status == "completed"
+    names = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert names == ["tiny-demo-000002.safetensors", "tiny-demo-000007.safetensors", "tiny-demo-000008.safetensors",
+                     "tiny-demo-000009.safetensors", "tiny-demo.safetensors"]
+
+
+def test_nan_in_an_earlier_micro_batch_is_caught(tiny_model, data, tmp_path, monkeypatch):
+    import charlora.train.noise as noise_module
+
+    real = noise_module.per_sample_loss
+    calls = {"n": 0}
+
+    def third_micro_batch_overflows(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss  # first micro-batch of step 2
+
+    monkeypatch.setattr(noise_module, "per_sample_loss", third_micro_batch_overflows)
+    result = train(config(tiny_model, data, tmp_path, gradient_accumulation_steps=2, save_every_n_steps=1, epoch=1))
+    assert result.status == "failed" and "step 2" in result.message
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["tiny-demo-step00000001.safetensors"]

@@ -46,6 +46,12 @@ def vae_fingerprint(vae) -> str:
     return digest.hexdigest()[:16]
 
 
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -76,11 +82,13 @@ class LatentCache:
 
     def key(self, sample: Sample) -> str:
         bucket, resized = sample.choice.bucket, sample.choice.resized
-        text = (f"{file_digest(sample.item.path)}|{bucket}|{resized}|{self.vae_id}|flip={self.flip_aug}")
+        text = (f"{file_digest(sample.item.path)}|{bucket}|{resized}|{self.vae_id}|flip={self.flip_aug}"
+                f"|seed={self.seed}")  # the latent is a sample of the VAE's distribution, drawn with the seed
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def disk_path(self, sample: Sample, key: str) -> Path:
-        return sample.item.path.parent / CACHE_DIR_NAME / f"{sample.item.path.stem}-{key}.safetensors"
+        # the full file name: a.png and a.jpg in one folder must not share (and delete) entries
+        return sample.item.path.parent / CACHE_DIR_NAME / f"{sample.item.path.name}-{key}.safetensors"
 
     def get(self, sample: Sample) -> CachedLatent:
         return self.entries[sample.item.path]
@@ -141,7 +149,7 @@ class LatentCache:
 
     def _write(self, sample: Sample, key: str, entry: CachedLatent) -> None:
         target = self.disk_path(sample, key)
-        for stale in target.parent.glob(f"{sample.item.path.stem}-*.safetensors"):
+        for stale in target.parent.glob(f"{glob_escape(sample.item.path.name)}-*.safetensors"):
             if stale != target and len(stale.name) == len(target.name):
                 stale.unlink()  # an older latent of this image (changed image, bucket or VAE)
         tensors = {"latent": entry.latent.contiguous()}

@@ -168,10 +168,12 @@ class Renderer:
         self.pipe = load_base_model(base_model, dtype=dtype, device=self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.clip_skip = clip_skip
-        self.adapters: dict[Path, str] = {}
+        self.adapters: dict[tuple, str] = {}
 
     def _adapter(self, path: Path) -> str:
-        if path not in self.adapters:
+        stat = path.stat()
+        key = (path.resolve(), stat.st_mtime_ns, stat.st_size)  # a retrained file of the same name is new
+        if key not in self.adapters:
             name = f"lora{len(self.adapters)}"  # peft adapter names must be plain identifiers
             try:
                 with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
@@ -179,8 +181,8 @@ class Renderer:
                     self.pipe.load_lora_weights(str(path), adapter_name=name)
             except Exception as exc:
                 raise CharLoRAError(f"{path} could not be loaded as a LoRA ({exc})") from exc
-            self.adapters[path] = name
-        return self.adapters[path]
+            self.adapters[key] = name
+        return self.adapters[key]
 
     def render(self, cell: Cell, width: int, height: int):
         if cell.loras:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -40,6 +41,42 @@ def final_file(output_dir: Path, name: str) -> Path:
 
 def state_dir_for(lora_file: Path) -> Path:
     return lora_file.with_name(lora_file.name.removesuffix(".safetensors") + "-state")
+
+
+def epoch_files(output_dir: Path, name: str, up_to: int) -> list[Path]:
+    """This run's epoch files up to epoch `up_to`, oldest first (files of an earlier run with higher
+    numbers are not this run's to prune)."""
+    return _numbered(output_dir, name, r"-(\d{6})", up_to)
+
+
+def step_files(output_dir: Path, name: str, up_to: int) -> list[Path]:
+    return _numbered(output_dir, name, r"-step(\d{8})", up_to)
+
+
+def _numbered(output_dir: Path, name: str, suffix: str, up_to: int) -> list[Path]:
+    pattern = re.compile(re.escape(name) + suffix + r"\.safetensors$")
+    found = []
+    for path in output_dir.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and int(match.group(1)) <= up_to:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def prune_states(paths: list[Path], keep: int) -> None:
+    """Remove the training states of all but the last `keep` files (the LoRA files stay)."""
+    for path in paths[:-keep] if keep > 0 else []:
+        shutil.rmtree(state_dir_for(path), ignore_errors=True)
+
+
+def saved_seed(folder: str | Path) -> int:
+    """The seed a saved state was trained with (read before anything else is set up)."""
+    info_path = Path(folder) / "position.json"
+    try:
+        return int(json.loads(info_path.read_text())["seed"])
+    except (OSError, ValueError, KeyError):
+        raise CharLoRAError(f"resume: {str(folder)!r} is not a CharLoRA training state (no readable "
+                            "position.json); choose a folder like NAME-000004-state") from None
 
 
 def prune(paths: list[Path], keep: int) -> list[Path]:
@@ -78,7 +115,7 @@ class Position:
 
 
 def save_state(folder: Path, lora_weights: dict, optimizer, scheduler, noise_generator: torch.Generator,
-               position: Position, loss_history: list[float]) -> Path:
+               position: Position, loss_history: list[float], scaler=None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         tensors = {}
@@ -89,6 +126,8 @@ def save_state(folder: Path, lora_weights: dict, optimizer, scheduler, noise_gen
         save_file(tensors, str(tmp / "lora.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None and scaler.is_enabled():  # fp16's loss scale, or a resume restarts at 65536
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
         rng = {"torch": torch.get_rng_state(), "noise": noise_generator.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
@@ -119,6 +158,7 @@ class LoadedState:
     rng: dict
     position: Position
     loss_history: list
+    scaler: dict | None = None
 
 
 def load_state(folder: str | Path) -> LoadedState:
@@ -141,9 +181,10 @@ def load_state(folder: str | Path) -> LoadedState:
     rng["python"] = (version, tuple(state), gauss)
     kind, keys, pos, has_gauss, cached = info["numpy_rng"]
     rng["numpy"] = (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
+    scaler = torch.load(folder / "scaler.pt", weights_only=True) if (folder / "scaler.pt").is_file() else None
     return LoadedState(folder, weights, torch.load(folder / "optimizer.pt", weights_only=True),
                        torch.load(folder / "scheduler.pt", weights_only=True), rng, position,
-                       info.get("loss_history", []))
+                       info.get("loss_history", []), scaler)
 
 
 def restore_rng(rng: dict, noise_generator: torch.Generator) -> None:

@@ -143,7 +143,8 @@ class TrainingJob:
                 if event.level != "error":  # the error is the final message, shown once
                     self._add_log(f"{event.level}: {event.text}")
                 if event.text.startswith("removed "):
-                    s.files = [f for f in s.files if not f.endswith(event.text.split()[1])]
+                    name = event.text[len("removed "):].rsplit(" (", 1)[0]
+                    s.files = [f for f in s.files if not f.endswith(name)]
             elif isinstance(event, RunFinished):
                 s.state, s.message, s.finished_at = event.status, event.message, time.time()
                 self._add_log(f"{event.status}: {event.message}")

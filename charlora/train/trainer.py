@@ -148,7 +148,8 @@ class Trainer:
             torch.set_num_threads(max(1, min(v["num_cpu_threads_per_process"], cores)))
         self.precision = setup.choose_precision(v, self.state.device, self.emit)
         self.device = self.precision.device
-        self.seed = setup.resolve_seed(v, self.state)
+        # a resumed run continues with the seed it was started with: data order, augmentation and noise
+        self.seed = ckpt.saved_seed(v["resume"]) if v["resume"] else setup.resolve_seed(v, self.state)
         set_seed(self.seed)
 
         self.plan = setup.plan_dataset(v, self.world, self.emit)
@@ -243,6 +244,8 @@ class Trainer:
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.scheduler)
         ckpt.restore_rng(state.rng, self.noise_generator)
+        if state.scaler is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state.scaler)
         self.epoch, self.start_batch, self.global_step = state.position.epoch, state.position.batch, \
             state.position.step
         self.losses = list(state.loss_history)
@@ -260,6 +263,7 @@ class Trainer:
         recent = deque(maxlen=20)
         epoch_losses: list[float] = []
         self._pending: list[tuple[int, torch.Tensor]] = []
+        self._stop_step, self._stop_decision = -1, False
         full_loader = make_loader(self.dataset, v)
         started = time.time()
         last_tick = started
@@ -269,6 +273,7 @@ class Trainer:
             batches_done = self.start_batch
             pending = 0
             clock = _PhaseClock(self.profile, self.device)
+            step_loss = None
             for batch in loader:
                 clock.mark("data")
                 loss = self._forward(batch)
@@ -277,15 +282,21 @@ class Trainer:
                 clock.mark("backward")
                 batches_done += 1
                 pending += 1
+                # every micro-batch's loss is checked, not only the last one of a step
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
                 if pending < accumulate and batches_done < len(self.dataset):
                     continue
+                step_loss = step_loss / pending
                 pending = 0
-                self._optimizer_step()
+                grad_norm = self._optimizer_step()
+                if grad_norm is not None:  # without a loss scaler, inf/NaN gradients must stop the run too
+                    step_loss = step_loss + 0.0 * grad_norm
                 clock.mark("optimizer")
                 if self.profile:
                     self.phase_times.append(clock.take())
                 self.global_step += 1
-                self._pending.append((self.global_step, loss.detach()))
+                self._pending.append((self.global_step, step_loss))
+                step_loss = None
                 if self._must_sync(batches_done):
                     now = time.time()
                     steps = len(self._pending)
@@ -295,7 +306,9 @@ class Trainer:
                 self._after_step(batches_done)
                 if self.global_step >= self.total_steps:
                     break
-                if self.stop.requested:
+                if self._stop_agreed():
+                    if batches_done >= len(self.dataset):
+                        self._after_epoch()  # the epoch is complete: its file and samples first
                     return self._stopped(batches_done)
             self._after_epoch()
             self.start_batch = 0
@@ -313,11 +326,30 @@ class Trainer:
             return True
         v, step = self.values, self.global_step
         due = [v["save_every_n_steps"], v["sample_every_n_steps"]]
-        return (any(n and step % n == 0 for n in due) or step >= self.total_steps or self.stop.requested
+        return (any(n and step % n == 0 for n in due) or step >= self.total_steps or self._stop_agreed()
                 or batches_done >= len(self.dataset))
 
+    def _stop_agreed(self) -> bool:
+        """Stop requested? With several processes, on all of them at once (else one would wait forever for
+        the others' gradients). Decided once per step and remembered."""
+        if self._stop_step == self.global_step:
+            return self._stop_decision
+        requested = self.stop.requested
+        if self.world > 1:
+            flag = torch.tensor([1.0 if requested else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = bool(flag.item())
+            if requested and not self.stop.requested:
+                self.stop.request(save=True)
+        self._stop_step, self._stop_decision = self.global_step, requested
+        return requested
+
     def _flush_losses(self, epoch_losses: list[float], recent: deque) -> None:
-        values = torch.stack([loss for _, loss in self._pending]).float().cpu().tolist()  # one synchronisation
+        stacked = torch.stack([loss for _, loss in self._pending]).float()
+        if self.world > 1:  # every process sees the same losses, so a NaN stops all of them together
+            torch.distributed.all_reduce(stacked)
+            stacked /= self.world
+        values = stacked.cpu().tolist()  # one synchronisation
         steps = [step for step, _ in self._pending]
         self._pending = []
         for step, value in zip(steps, values):
@@ -348,6 +380,7 @@ class Trainer:
                                               self.noise_generator)
         weights = batch["loss_weights"].float()
         captions = list(batch["captions"])
+        real_samples = latents.shape[0]
         size = v["train_batch_size"]
         lo = self.rank * size
         if lo >= latents.shape[0]:  # last, partial global batch: this process repeats a sample at weight 0
@@ -373,13 +406,16 @@ class Trainer:
         target = noise_fn.training_target(self.noise_scheduler, latents, noise, timesteps, v["v_parameterization"])
         per_sample = noise_fn.per_sample_loss(prediction.float(), target.float(), weights, timesteps, v,
                                               self.alphas_cumprod.to(self.device))
-        return per_sample.mean()
+        # this process's share of the mean over the whole global batch: averaged over the processes it is
+        # exactly the one-process loss, also when the last batch of a bucket is partial
+        return per_sample.sum() * self.world / real_samples
 
     def _text_encoder_stopped(self) -> bool:
         percent = self.values["stop_text_encoder_training"]
         return percent > 0 and self.global_step >= math.ceil(self.total_steps * percent / 100)
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> torch.Tensor | None:
+        """One optimizer step; returns the gradient norm when there is no loss scaler to catch inf/NaN."""
         params = [p for p in self.network.parameters() if p.grad is not None]
         if self.world > 1:
             # average the LoRA gradients of all processes (tiny next to the model: one flat all-reduce)
@@ -393,13 +429,16 @@ class Trainer:
         if self._text_encoder_stopped():
             for p in self.network.parameters("te"):
                 p.grad = None
+        norm = None
         if self.values["max_grad_norm"] > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, self.values["max_grad_norm"])
+            norm = torch.nn.utils.clip_grad_norm_(params, self.values["max_grad_norm"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
+        # with a scaler, inf gradients are normal (the step is skipped and the scale lowered)
+        return None if self.precision.use_grad_scaler or norm is None else norm.detach()
 
     def _report_step(self, step: int, loss: float, epoch_losses: list[float], recent: deque) -> None:
         lrs = {name: group["lr"] for name, group in zip(self.group_names, self.optimizer.param_groups)}
@@ -421,9 +460,12 @@ class Trainer:
             path = self._save(ckpt.step_file(self.output_dir, self.name, self.global_step), self.epoch)
             if v["save_state"]:
                 self._save_state(ckpt.state_dir_for(path), batches_done)
-            if v["save_last_n_steps"]:
-                keep = max(1, v["save_last_n_steps"] // v["save_every_n_steps"])
-                self._forget(ckpt.prune(sorted(self.output_dir.glob(f"{self.name}-step*.safetensors")), keep))
+            if v["save_last_n_steps"]:  # Kohya keeps the files of the last N steps and the one at the edge
+                keep = v["save_last_n_steps"] // v["save_every_n_steps"] + 1
+                self._forget(ckpt.prune(ckpt.step_files(self.output_dir, self.name, self.global_step), keep))
+            if v["save_last_n_steps_state"]:
+                keep = v["save_last_n_steps_state"] // v["save_every_n_steps"] + 1
+                ckpt.prune_states(ckpt.step_files(self.output_dir, self.name, self.global_step), keep)
         if v["sample_every_n_steps"] and self.global_step % v["sample_every_n_steps"] == 0:
             self._samples()
 
@@ -435,15 +477,19 @@ class Trainer:
             if v["save_state"]:
                 self._save_state(ckpt.state_dir_for(path), len(self.dataset))
             if v["save_last_n_epochs"]:
-                pattern = f"{self.name}-[0-9][0-9][0-9][0-9][0-9][0-9].safetensors"
-                self._forget(ckpt.prune(sorted(self.output_dir.glob(pattern)), v["save_last_n_epochs"]))
+                self._forget(ckpt.prune(ckpt.epoch_files(self.output_dir, self.name, self.epoch),
+                                        v["save_last_n_epochs"]))
         if v["sample_every_n_epochs"] and self.epoch % v["sample_every_n_epochs"] == 0:
             self._samples(at_epoch_end=True)
 
     def _stopped(self, batches_done: int) -> tuple[str, str]:
+        if self._pending:  # every step is checked (and reported) before anything is saved
+            self._flush_losses([], deque(maxlen=1))
         message = f"stopped at step {self.global_step} of {self.total_steps} (epoch {self.epoch})"
         if self.stop.save and self.main:
-            path = self._save(ckpt.step_file(self.output_dir, self.name, self.global_step), self.epoch)
+            path = ckpt.step_file(self.output_dir, self.name, self.global_step)
+            if str(path) not in self.files:  # the step may have been saved a moment ago
+                self._save(path, self.epoch)
             state = self._save_state(ckpt.state_dir_for(path), batches_done)
             message += f"; saved {path.name} and {state.name} (set resume to it to continue)"
         return "stopped", message
@@ -462,7 +508,7 @@ class Trainer:
         position = ckpt.Position(epoch=epoch, batch=batch, step=self.global_step, seed=self.seed,
                                  total_steps=self.total_steps)
         ckpt.save_state(folder, self.network.kohya_tensors(), self.optimizer, self.lr_scheduler,
-                        self.noise_generator, position, self.losses)
+                        self.noise_generator, position, self.losses, self.scaler)
         self.emit(Saved(str(folder), self.epoch, self.global_step, kind="state"))
         return folder
 

@@ -147,7 +147,10 @@ def files_text(files) -> str:
     lines = [f"- ... and {len(files) - 12} earlier"] if len(files) > 12 else []
     for f in files[-12:]:
         path = Path(f)
-        size = f" ({format_bytes(path.stat().st_size)})" if path.exists() else ""
+        try:
+            size = f" ({format_bytes(path.stat().st_size)})"
+        except OSError:  # pruned a moment ago
+            size = " (removed)"
         lines.append(f"- `{path.name}`{size}")
     return f"**Saved LoRA files** ({len(files)}, in `{Path(files[-1]).parent}`):\n" + "\n".join(lines)
 
