@@ -480,7 +480,9 @@ def _candidate_changes(values: dict) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _size(n: int) -> str:
-    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
+    from .monitor import format_bytes  # one formatter for the estimate and the live readings
+
+    return format_bytes(n)
 
 
 def format_estimate(estimate: VramEstimate) -> str:

@@ -57,12 +57,15 @@ def test_users_grid_case(run, tiny_model, renderer, tmp_path):
     assert len(result.grids) == 1 and len(result.cells) == 6
     assert any("wwaa-g13l-1-chk" in w and "not found" in w for w in result.warnings)
     grid = Image.open(result.grids[0])
-    chunks = json.loads(grid.text["charlora.grid"])
+    axes = json.loads(grid.text["charlora.grid"])["axes"]
+    assert axes["x"]["kind"] == "prompt_sr" and axes["x"]["values"] == ["chk", "1", "2"]
+    assert axes["y"]["labels"] == ["CFG Scale: 7.0", "CFG Scale: 8.0"]
     assert "Prompt S/R" in grid.text["parameters"] and "CFG" in grid.text["parameters"]
-    assert json.dumps(chunks)  # axes and values are in the PNG
-    # geometry: 3 columns x 2 rows of 64 px cells plus label margins
-    assert (grid.width - 3 * 64) > 0 and (grid.height - 2 * 64) > 0
-    assert (grid.width - 3 * 64) % 1 == 0
+    # geometry: 3 columns x 2 rows of 64 px cells, label margins on the left and above only
+    cell = pixels(result.cells[0])
+    left, top = grid.width - 3 * 64, grid.height - 2 * 64
+    assert left > 0 and top > 0
+    assert np.array_equal(np.asarray(grid.convert("RGB"))[top:top + 64, left:left + 64], cell)
     cells = {Path(p).stem.split("-")[-2:][0] + Path(p).stem.split("-")[-1]: p for p in result.cells}
     chk, epoch1, epoch2 = cells["y0x0"], cells["y0x1"], cells["y0x2"]
     # the chk cell is the base model, bit for bit (a renderer that never loaded a LoRA)
@@ -159,3 +162,13 @@ def test_cli_keep_archives_the_rest_of_the_run(run, tmp_path):
     assert sorted(p.name for p in (model / "archive").iterdir()) == ["wwaa-g13l-1-000001.safetensors",
                                                                     "wwaa-g13l-1.safetensors"]
     assert (model / "wwaa-g13l-1-000002.safetensors").is_file() and (model / "wwaa-g13l-1.config.json").is_file()
+
+
+def test_scoring_without_prompts_is_refused_by_name(run, tiny_model, renderer, tmp_path):
+    from charlora.errors import CharLoRAError
+
+    s = ScoreSpec(base_model=str(tiny_model.folder), lora_folder=str(run / "model"), output_name="wwaa-g13l-1",
+                  train_data_dir=str(run / "img"), output_dir=str(tmp_path), prompts=["  "], seeds=[1], scorer="tiny")
+    with pytest.raises(CharLoRAError, match="at least one prompt"):
+        score_run(s, renderer)
+    assert list(tmp_path.iterdir()) == []  # nothing written

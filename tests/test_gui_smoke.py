@@ -1,19 +1,13 @@
 """The app starts on 127.0.0.1 and shows the four tabs; the Parameters tab is built from the table."""
 
 import json
-import socket
 import urllib.request
 
 import pytest
+from conftest import free_port
 
 from charlora.params import PARAMS
 from charlora.ui.app import TAB_NAMES, build_app, parse_args
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def test_job_runs_in_a_thread_and_reports(tiny_model, tmp_path):
     snap = job.snapshot()
     assert snap.state == "completed" and snap.step == snap.total_steps == 8
     assert [Path(f).name for f in snap.files] == ["tiny-demo-000001.safetensors", "tiny-demo.safetensors"]
-    assert len(snap.losses) == 8 and snap.plan.startswith("2 images, 4 samples per epoch")
+    assert len(snap.losses) == 8 and snap.plan.startswith("images: 2 (4 samples per epoch")
     assert "Completed" in status_text(snap) and "tiny-demo.safetensors" in files_text(snap.files)
     frame = loss_frame(snap.plot_points())
     assert str(frame["step"].dtype) == "int64" and str(frame["loss"].dtype) == "float64" and len(frame) == 16

@@ -4,11 +4,11 @@ that outlives its page, Stop, the VRAM panel. Screenshots of each tab go to test
 import json
 import re
 import shutil
-import socket
 import urllib.parse
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from dataset_helpers import pattern, save
 
@@ -20,12 +20,6 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (bash setup.sh --dev)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

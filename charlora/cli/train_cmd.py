@@ -23,22 +23,6 @@ def register(subparsers) -> None:
     train.set_defaults(handler=run_train)
 
 
-def describe_start(event) -> str:
-    buckets = ", ".join(f"{size}: {n}" for size, n in event.buckets.items())
-    lines = [
-        f"images: {event.images} ({event.samples_per_epoch} samples per epoch with repeats"
-        + (f", + {event.reg_samples_per_epoch} regularisation" if event.reg_samples_per_epoch else "") + ")",
-        f"buckets (samples per epoch): {buckets}",
-        f"steps: {event.steps_per_epoch} per epoch x {event.epochs} epochs = {event.total_steps} total"
-        f" (batch {event.batch_size}" + (f" x {event.processes} processes" if event.processes > 1 else "") + ")",
-        f"device: {event.device}, precision: {event.precision}, attention: {event.attention}, "
-        f"optimizer: {event.optimizer}, seed: {event.seed}",
-    ]
-    if event.start_step:
-        lines.append(f"resuming at step {event.start_step}")
-    return "\n".join(lines)
-
-
 class ConsoleProgress:
     def __init__(self, main: bool):
         self.main = main
@@ -50,7 +34,7 @@ class ConsoleProgress:
         if not self.main:
             return
         if isinstance(event, RunStarted):
-            print(describe_start(event), flush=True)
+            print("\n".join(event.summary_lines()), flush=True)
             from tqdm import tqdm
 
             self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", dynamic_ncols=True)

@@ -63,6 +63,8 @@ def training_images(train_data_dir: str, caption_extension: str) -> list:
 
 def score_run(spec: ScoreSpec, renderer: Renderer | None = None, embedder=None, progress=None, stop=None) -> dict:
     """Score every checkpoint of the run; returns (and writes) the report with the recommendation."""
+    if not [p for p in spec.prompts if p.strip()] or not spec.seeds:
+        raise CharLoRAError("scoring needs at least one prompt and one seed (prompts: one per line; seeds: e.g. 1-4)")
     files = run_files_of(Path(spec.lora_folder), spec.output_name)
     if not files:
         raise CharLoRAError(f"no LoRA files named {spec.output_name}-000001.safetensors ... {spec.output_name}"

@@ -39,6 +39,21 @@ class RunStarted(Event):
     seed: int
     start_step: int = 0  # > 0 when resumed
 
+    def summary_lines(self) -> list[str]:
+        """What the run will do, as the CLI prints it before step 1 and the GUI shows it."""
+        buckets = ", ".join(f"{size}: {n}" for size, n in self.buckets.items())
+        reg = f", + {self.reg_samples_per_epoch} regularisation" if self.reg_samples_per_epoch else ""
+        processes = f" x {self.processes} processes" if self.processes > 1 else ""
+        lines = [f"images: {self.images} ({self.samples_per_epoch} samples per epoch with repeats{reg})",
+                 f"buckets (samples per epoch): {buckets}",
+                 f"steps: {self.steps_per_epoch} per epoch x {self.epochs} epochs = {self.total_steps} total"
+                 f" (batch {self.batch_size}{processes})",
+                 f"device: {self.device}, precision: {self.precision}, attention: {self.attention}, "
+                 f"optimizer: {self.optimizer}, seed: {self.seed}"]
+        if self.start_step:
+            lines.append(f"resuming at step {self.start_step}")
+        return lines
+
 
 @dataclass
 class Step(Event):

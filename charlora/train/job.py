@@ -57,14 +57,6 @@ class JobSnapshot:
         return thinned + [points[-1]]
 
 
-def describe_plan(event: RunStarted) -> str:
-    buckets = ", ".join(f"{size}: {n}" for size, n in event.buckets.items())
-    reg = f" + {event.reg_samples_per_epoch} regularisation" if event.reg_samples_per_epoch else ""
-    return (f"{event.images} images, {event.samples_per_epoch} samples per epoch{reg}; buckets {buckets}; "
-            f"{event.steps_per_epoch} steps per epoch x {event.epochs} epochs = {event.total_steps} steps; "
-            f"{event.device}, {event.precision}, {event.attention} attention, {event.optimizer}")
-
-
 class TrainingJob:
     def __init__(self):
         self._lock = threading.Lock()
@@ -125,7 +117,7 @@ class TrainingJob:
             if isinstance(event, RunStarted):
                 s.state = "stopping" if s.state == "stopping" else "running"
                 s.total_steps, s.total_epochs, s.step = event.total_steps, event.epochs, event.start_step
-                s.plan = describe_plan(event)
+                s.plan = "; ".join(event.summary_lines())
                 self._add_log(s.plan)
             elif isinstance(event, Step):
                 s.step, s.epoch, s.loss, s.average_loss = event.step, event.epoch, event.loss, event.average_loss
