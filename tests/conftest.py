@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 # Set before anything imports huggingface_hub / gradio, which read them at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -77,3 +78,7 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The user's real Kohya GUI config (their file, kept as a fixture: a clone has no ../shared).
+SEED_CONFIG = Path(__file__).resolve().parent / "fixtures" / "seed-kohya-config.json"

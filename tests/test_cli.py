@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SEED = REPO.parent / "shared" / "seed-kohya-config.json"
+from conftest import SEED_CONFIG  # noqa: E402
+
+SEED = SEED_CONFIG
 
 
 def run(*args, cwd=REPO):

@@ -8,7 +8,9 @@ import pytest
 from charlora.errors import ConfigError
 from charlora.params import PARAMS, defaults, dump_kohya, load_config, normalize, save_config
 
-SEED = Path(__file__).resolve().parents[1].parent / "shared" / "seed-kohya-config.json"
+from conftest import SEED_CONFIG  # noqa: E402
+
+SEED = SEED_CONFIG
 
 
 def write(tmp_path, content, name="config.json"):

@@ -10,7 +10,9 @@ from charlora.params import GROUPS, PARAMS, PARAMS_BY_KEY, TIERS, cross_check, d
 from charlora.params.docs import markdown_table
 from charlora.params.spec import KINDS
 
-SEED = Path(__file__).resolve().parents[1].parent / "shared" / "seed-kohya-config.json"
+from conftest import SEED_CONFIG  # noqa: E402
+
+SEED = SEED_CONFIG
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -20,7 +20,9 @@ from charlora.train import RunFinished, RunStarted, SamplesSaved, Saved, Step, S
 from dataset_helpers import pattern, save
 
 REPO = Path(__file__).resolve().parents[1]
-SEED = REPO.parent / "shared" / "seed-kohya-config.json"
+from conftest import SEED_CONFIG  # noqa: E402
+
+SEED = SEED_CONFIG
 
 
 @pytest.fixture(scope="module")

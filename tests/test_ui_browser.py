@@ -8,12 +8,12 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import SEED_CONFIG, free_port
 
 from dataset_helpers import pattern, save
 
 REPO = Path(__file__).resolve().parents[1]
-SEED = REPO.parent / "shared" / "seed-kohya-config.json"
+SEED = SEED_CONFIG
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -15,7 +15,7 @@ from charlora.models.tiny import build_tiny_components
 from charlora.params import defaults, load_config
 from charlora.train.optim import build_optimizer
 
-SEED_CONFIG = Path(__file__).resolve().parents[2] / "shared" / "seed-kohya-config.json"
+from conftest import SEED_CONFIG  # noqa: E402
 GIB = ve.GIB
 
 
@@ -236,7 +236,6 @@ def test_text_encoder_activation_model_reproduces_the_count():
 # ---------------------------------------------------------------- (d) the seed config
 
 
-@pytest.mark.skipif(not SEED_CONFIG.is_file(), reason="the shared seed config is not here")
 def test_seed_config_lands_where_kohya_users_report():
     # Kohya users report ~6-7 GB on a 16 GB card for this setup (512 px, batch 1, rank 128, AdamW8bit,
     # fp16, cached latents). A wide band on purpose: the coefficients get calibrated on a GPU later.
