@@ -78,7 +78,12 @@ def check_preset_name(name: str) -> str:
     return name
 
 
-def save_user_preset(name: str, values: Mapping[str, Any]) -> Path:
-    """Save `values` as the user's preset `name` (atomically; overwrites the user's own preset of that name)."""
+def save_user_preset(name: str, values: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """Save `values` as the user's preset `name` (atomically). An existing preset of that name is replaced
+    only with overwrite=True (the GUI's Save of the selected preset); "Save as" never replaces one."""
     name = check_preset_name(name)
-    return save_config(values, user_preset_dir() / f"{name}.json")
+    path = user_preset_dir() / f"{name}.json"
+    if path.exists() and not overwrite:
+        raise CharLoRAError(f"a preset named {name!r} already exists ({path}); choose another name, or select "
+                            "it in the list and press Save to overwrite it")
+    return save_config(values, path)

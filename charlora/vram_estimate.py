@@ -1,13 +1,16 @@
-"""How much GPU memory a LoRA training run needs, estimated from the normalised config alone.
+"""How much GPU memory a LoRA training run needs, estimated from the normalised config and the model.
 
 The estimate follows what CharLoRA's trainer does on CUDA (train/setup.py, train/trainer.py), part
 by part, so each part can be checked on its own:
 
 - weights: the frozen UNet and text encoder stored in the mixed-precision dtype (fp32 with "no");
+  their parameter counts are read from the model's .safetensors headers (a single file or a
+  diffusers folder), or are SD 1.5's when the model cannot be read that way (a Hub id, a .ckpt);
   the VAE (always fp32) only while it stays on the GPU (latents not cached, or samples configured);
   the text encoder leaves the GPU when it is not trained and its outputs are cached.
 - LoRA weights and their gradients (fp32 unless full_fp16/full_bf16) and the optimizer's state,
-  counted exactly per tensor from the target modules' shapes (192 UNet + 72 text-encoder modules).
+  counted exactly per tensor from the target modules' shapes (192 UNet + 72 text-encoder modules in
+  SD 1.5), read from the same headers.
 - activations: what autograd keeps for the backward pass, modelled per UNet level and unit
   (resnet, transformer, resampler) with per-element coefficients, plus the text encoder when it is
   trained, the peak working memory of the backward pass and the output/loss buffers.
@@ -23,15 +26,19 @@ are kept in tests/test_vram_estimate.py). It has not yet been checked against
 Not modelled: the per-caption text-encoder output cache (~118 KB per caption on the GPU when the
 text encoder is not trained), sample generation (runs between steps, after activations are freed),
 the optimizer step's temporaries (after the backward pass, far below its peak), torch.compile
-(dynamo_backend: its partitioner may recompute cheap ops and keep less), and `dim_from_weights`
-(the rank is taken from network_dim).
+(dynamo_backend: its partitioner may recompute cheap ops and keep less), `dim_from_weights`
+(the rank is taken from network_dim), and a model of another architecture than SD 1.5 (the tiny
+test model): its weights and LoRA are counted from its file, its activations as SD 1.5's.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 GIB = 1024**3
@@ -129,6 +136,7 @@ class VramEstimate:
     details: dict = field(default_factory=dict, compare=False)  # part -> what it assumed
     gpu_total_bytes: int | None = None
     values: dict = field(default_factory=dict, repr=False, compare=False)
+    model_source: str = ""  # ModelSizes.source: "sizes from the model file", or "SD 1.5's sizes: ..." and why
 
     @property
     def total(self) -> int:
@@ -145,6 +153,14 @@ class VramEstimate:
             if saved >= MIB:
                 found.append((label, saved))
         return sorted(found, key=lambda item: -item[1])
+
+    def summary(self, gpu_total_bytes: int | None = None, has_gpu: bool | None = None) -> str:
+        """What the total means here, in one plain sentence: the verdict against this GPU's memory when it
+        is known; otherwise what it means on an NVIDIA GPU and where training runs on this computer.
+        `has_gpu`: whether PyTorch sees a CUDA GPU (None: ask PyTorch)."""
+        if gpu_total_bytes or self.gpu_total_bytes:
+            return self.verdict(gpu_total_bytes)
+        return f"needs about {self.total / GIB:.1f} GiB of GPU memory on an NVIDIA GPU; " + _without_reading(has_gpu)
 
     def verdict(self, gpu_total_bytes: int | None = None) -> str:
         gpu = gpu_total_bytes or self.gpu_total_bytes
@@ -215,14 +231,17 @@ def model_targets(unet=None, text_encoder=None) -> list[Target]:
     return found
 
 
-def lora_tensor_shapes(values: dict, unet=None, text_encoder=None) -> list[tuple[str, tuple[int, ...]]]:
+def lora_tensor_shapes(values: dict, unet=None, text_encoder=None,
+                       targets: Sequence[Target] | None = None) -> list[tuple[str, tuple[int, ...]]]:
     """(part, shape) of every LoRA weight the run trains: lora_A (down) then lora_B (up) per target.
 
-    From SD 1.5's shapes, or from the given models when either is given (a part not given counts nothing).
+    From `targets` when given; else from the given models when either is given (a part not given counts
+    nothing); else SD 1.5's.
     """
     rank = int(values["network_dim"])
     train_unet, train_te = trained_parts(values)
-    targets = sd15_targets() if unet is None and text_encoder is None else model_targets(unet, text_encoder)
+    if targets is None:
+        targets = sd15_targets() if unet is None and text_encoder is None else model_targets(unet, text_encoder)
     shapes = []
     for t in targets:
         if (t.part == "unet" and not train_unet) or (t.part == "te" and not train_te):
@@ -236,6 +255,145 @@ def lora_tensor_shapes(values: dict, unet=None, text_encoder=None) -> list[tuple
 def count_lora_parameters(values: dict, unet=None, text_encoder=None) -> int:
     """Elements of all trained LoRA weights: rank x (in + out) per target."""
     return sum(math.prod(shape) for _, shape in lora_tensor_shapes(values, unet, text_encoder))
+
+
+# ---------------------------------------------------------------- the model's sizes, from its file headers
+
+_UNET_KEYS, _VAE_KEYS, _TE_KEYS = "model.diffusion_model.", "first_stage_model.", "cond_stage_model."
+_MAX_HEADER_BYTES = 100 * MIB  # SD 1.5's header is ~100 KB; anything near this is not a safetensors file
+_DIFFUSERS_PARTS = (("unet", "unet"), ("vae", "vae"), ("text_encoder", "te"))
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Parameter counts of the three models and the UNet's and text encoder's LoRA targets."""
+
+    unet: int
+    vae: int
+    text_encoder: int
+    targets: tuple[Target, ...]
+    source: str  # said in the estimate: "sizes from the model file", or "SD 1.5's sizes: ..." and why
+
+
+def sd15_sizes(why: str | None) -> ModelSizes:
+    """SD 1.5's sizes, saying why the model's own could not be read (None: no model chosen)."""
+    said = f"the model could not be read ({why})" if why else "no model chosen yet"
+    return ModelSizes(SD15_UNET_PARAMS, SD15_VAE_PARAMS, SD15_TEXT_ENCODER_PARAMS, sd15_targets(),
+                      f"SD 1.5's sizes: {said}")
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of the floating-point tensors in a .safetensors file, from its header alone (no tensor
+    is read, torch is not needed). ValueError when the file is not a safetensors file."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError("too short for a .safetensors file")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(_MAX_HEADER_BYTES, Path(path).stat().st_size - 8):
+            raise ValueError("not a .safetensors file (its header length is impossible)")
+        header = json.loads(fh.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("not a .safetensors file (its header is not a JSON object)")
+    # Integer tensors are buffers (position ids), not parameters.
+    return {key: tuple(entry["shape"]) for key, entry in header.items()
+            if key != "__metadata__" and str(entry.get("dtype", "")).startswith(("F", "BF"))}
+
+
+def targets_from_shapes(shapes: dict[str, tuple[int, ...]], part: str) -> list[Target]:
+    """LoRA targets from state-dict keys and shapes, by the rules of lora/targets.py: every Linear or 1x1
+    conv inside a UNet transformer (a module with a proj_in), or in a text-encoder attention or MLP."""
+    if part == "unet":
+        containers = tuple(key[: -len("proj_in.weight")] for key in shapes if key.endswith("proj_in.weight"))
+        inside = lambda key: key.startswith(containers)  # noqa: E731
+    else:
+        inside = lambda key: ".self_attn." in key or ".mlp." in key  # noqa: E731
+    found = []
+    for key, shape in shapes.items():
+        if not key.endswith(".weight") or not inside(key):
+            continue
+        if len(shape) == 2:
+            found.append(Target(part, shape[1], shape[0]))
+        elif len(shape) == 4 and tuple(shape[2:]) == (1, 1):
+            found.append(Target(part, shape[1], shape[0], conv=True))
+    return found
+
+
+def _count(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+@lru_cache(maxsize=16)
+def _cached_shapes(path: str, size: int, mtime_ns: int) -> dict[str, tuple[int, ...]]:
+    """`size` and `mtime_ns` key the cache (the suggestions re-estimate often): a changed file is read again.
+    Callers must not change the dict returned."""
+    return safetensors_shapes(path)
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    stat = path.stat()
+    return _cached_shapes(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _sizes_from_single_file(path: Path) -> ModelSizes:
+    """A single file in the original SD layout: the three models under their key prefixes."""
+    shapes = _header_shapes(path)
+    parts = {prefix: {k: v for k, v in shapes.items() if k.startswith(prefix)}
+             for prefix in (_UNET_KEYS, _VAE_KEYS, _TE_KEYS)}
+    missing = [name for prefix, name in ((_UNET_KEYS, "UNet"), (_VAE_KEYS, "VAE"), (_TE_KEYS, "text encoder"))
+               if not parts[prefix]]
+    if missing:
+        return sd15_sizes(f"the model file has no {' or '.join(missing)} in the SD layout "
+                          f"({_UNET_KEYS}*, {_VAE_KEYS}*, {_TE_KEYS}*)")
+    targets = targets_from_shapes(parts[_UNET_KEYS], "unet") + targets_from_shapes(parts[_TE_KEYS], "te")
+    return ModelSizes(_count(parts[_UNET_KEYS]), _count(parts[_VAE_KEYS]), _count(parts[_TE_KEYS]),
+                      tuple(targets), "sizes from the model file")
+
+
+def _component_files(folder: Path) -> list[Path]:
+    """A diffusers component's weight files: the plain ones (maybe sharded), else one variant's (x.fp16.safetensors)."""
+    files = sorted(folder.glob("*.safetensors"))
+    plain = [f for f in files if "." not in f.name.removesuffix(".safetensors")]
+    if plain or not files:
+        return plain
+    variant = files[0].suffixes[-2]
+    return [f for f in files if f.suffixes[-2:-1] == [variant]]
+
+
+def _sizes_from_folder(folder: Path) -> ModelSizes:
+    """A diffusers folder: unet/, vae/ and text_encoder/ with .safetensors weights."""
+    counts, targets = {}, []
+    for sub, part in _DIFFUSERS_PARTS:
+        files = _component_files(folder / sub)
+        if not files:
+            return sd15_sizes(f"the model folder has no {sub}/*.safetensors")
+        shapes = {key: shape for file in files for key, shape in _header_shapes(file).items()}
+        counts[sub] = _count(shapes)
+        if part != "vae":
+            targets += targets_from_shapes(shapes, part)
+    return ModelSizes(counts["unet"], counts["vae"], counts["text_encoder"], tuple(targets),
+                      "sizes from the model folder")
+
+
+def model_sizes(source: str) -> ModelSizes:
+    """The sizes of the model at `source` (pretrained_model_name_or_path), from its .safetensors headers:
+    a single file in the SD layout or a diffusers folder. SD 1.5's when it cannot be read so cheaply."""
+    from .params.spec import strip_quotes
+
+    text = strip_quotes(str(source or ""))
+    if not text:
+        return sd15_sizes(None)
+    path = Path(text).expanduser()
+    try:
+        if path.is_dir():
+            return _sizes_from_folder(path)
+        if path.is_file():
+            if path.suffix.lower() != ".safetensors":
+                return sd15_sizes("only a .safetensors file's sizes are read without loading it")
+            return _sizes_from_single_file(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # a broken header of any shape
+        return sd15_sizes(str(error))
+    return sd15_sizes("not a file or folder on this computer; a Hugging Face Hub id is not looked up")
 
 
 # ---------------------------------------------------------------- optimizer state
@@ -395,7 +553,8 @@ def text_encoder_activation_bytes(batch: int, rank: int, compute_bytes: int, che
 
 
 def estimate_vram(values: dict, gpu_total_bytes: int | None = None) -> VramEstimate:
-    """Estimate peak GPU memory of one training process from normalised config values (SD 1.5)."""
+    """Estimate peak GPU memory of one training process from normalised config values and the model they name
+    (its sizes read from its file headers, SD 1.5's when it cannot be read: see `model_sizes`)."""
     mixed = values["mixed_precision"] in ("fp16", "bf16")
     weight_bytes = 2 if mixed else 4  # frozen weights are stored in the compute dtype on CUDA
     lora_bytes = 2 if (values["full_fp16"] or values["full_bf16"]) and mixed else 4
@@ -415,11 +574,12 @@ def estimate_vram(values: dict, gpu_total_bytes: int | None = None) -> VramEstim
     plain = values["xformers"] == "none"
     checkpointing = bool(values["gradient_checkpointing"])
 
-    weights = SD15_UNET_PARAMS * weight_bytes
-    weights += SD15_TEXT_ENCODER_PARAMS * weight_bytes if te_on_gpu else 0
-    weights += SD15_VAE_PARAMS * 4 if vae_on_gpu else 0
+    sizes = model_sizes(values["pretrained_model_name_or_path"])
+    weights = sizes.unet * weight_bytes
+    weights += sizes.text_encoder * weight_bytes if te_on_gpu else 0
+    weights += sizes.vae * 4 if vae_on_gpu else 0
 
-    shapes = lora_tensor_shapes(values)
+    shapes = lora_tensor_shapes(values, targets=sizes.targets)
     count = sum(math.prod(s) for _, s in shapes)
     starts_at_zero = [i % 2 == 1 and not values["lora_network_weights"] for i in range(len(shapes))]  # lora_B
     optimizer = optimizer_state_bytes(values["optimizer"], [s for _, s in shapes], lora_bytes, starts_at_zero,
@@ -441,18 +601,21 @@ def estimate_vram(values: dict, gpu_total_bytes: int | None = None) -> VramEstim
     precision = {2: values["mixed_precision"], 4: "fp32"}
     details = {
         "weights": "UNet" + (" + text encoder" if te_on_gpu else "") + f" in {precision[weight_bytes]}"
-                   + ("; VAE (fp32) on the GPU" if vae_on_gpu else "; VAE on the CPU"),
-        "lora_parameters": f"{count / 1e6:.1f} M parameters, rank {rank}, {'fp32' if lora_bytes == 4 else '16-bit'}, "
+                   + ("; VAE (fp32) on the GPU" if vae_on_gpu else "; VAE on the CPU") + f"; {sizes.source}",
+        "lora_parameters": (f"{count / 1e6:.1f} M" if count >= 100_000 else f"{count:,}")
+                           + f" parameters, rank {rank}, {'fp32' if lora_bytes == 4 else '16-bit'}, "
                            + " + ".join(p for p, on in (("UNet", train_unet), ("text encoder", train_te)) if on),
         "optimizer_state": str(values["optimizer"]),
         "activations": f"{width}x{height}, batch {batch}, "
                        + ("plain attention" if plain else "memory-efficient attention")
-                       + (", gradient checkpointing" if checkpointing else ""),
+                       + (", gradient checkpointing" if checkpointing else "")
+                       + ("" if sizes.unet == SD15_UNET_PARAMS else "; modelled on SD 1.5's UNet, not this model's"),
     }
     return VramEstimate(weights=weights, lora_parameters=count * lora_bytes, lora_gradients=count * lora_bytes,
                         optimizer_state=optimizer, activations=activations, cuda_context=CUDA_CONTEXT_BYTES,
                         allocator_overhead=int(ALLOCATOR_OVERHEAD_FRACTION * base), lora_parameter_count=count,
-                        details=details, gpu_total_bytes=gpu_total_bytes, values=dict(values))
+                        details=details, gpu_total_bytes=gpu_total_bytes, values=dict(values),
+                        model_source=sizes.source)
 
 
 def _candidate_changes(values: dict) -> list[tuple[str, dict[str, Any]]]:
@@ -485,10 +648,26 @@ def _size(n: int) -> str:
     return format_bytes(n)
 
 
-def format_estimate(estimate: VramEstimate) -> str:
-    """A compact multi-line breakdown (GUI and CLI)."""
-    lines = [f"VRAM estimate: {estimate.total / GIB:.1f} GiB"
-             + (f" — {estimate.verdict()}" if estimate.gpu_total_bytes else "")]
+def _without_reading(has_gpu: bool | None) -> str:
+    """What the estimate means when this GPU's memory is unknown: no GPU here, or one whose memory could not be read."""
+    if has_gpu is None:
+        from .monitor import _cuda_available  # one answer to "does PyTorch see a GPU" for the gauge and this
+
+        has_gpu = _cuda_available()
+    if has_gpu:
+        return "this GPU's memory could not be read: compare the estimate with the memory nvidia-smi shows"
+    return "on this computer (no GPU) training runs on the CPU and uses system RAM instead"
+
+
+def format_estimate(estimate: VramEstimate, has_gpu: bool | None = None) -> str:
+    """A compact multi-line breakdown (GUI and CLI). `has_gpu` matters only without the GPU's total: whether
+    PyTorch sees a CUDA GPU (None: ask PyTorch)."""
+    if estimate.gpu_total_bytes:
+        head = f"VRAM estimate: {estimate.total / GIB:.1f} GiB — {estimate.verdict()}"
+    else:
+        head = (f"VRAM estimate: {estimate.total / GIB:.1f} GiB of GPU memory on an NVIDIA GPU\n"
+                f"  {_without_reading(has_gpu)}")
+    lines = [head]
     for name, size in estimate.parts().items():
         note = estimate.details.get(name, "")
         lines.append(f"  {_LABELS[name]:<16}{_size(size):>10}" + (f"  ({note})" if note else ""))

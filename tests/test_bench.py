@@ -45,3 +45,26 @@ def test_gpu_check_script_runs_in_quick_mode(tmp_path):
     assert first["estimate_total_bytes"] > 0 and first["generation_images_per_s"] > 0
     assert set(first["estimate_parts_bytes"]) >= {"weights", "lora_parameters", "optimizer_state", "activations"}
     assert "finished" in report and report["environment"]["torch"]
+
+
+def test_app_overhead_bench_prints_its_figures():
+    import re
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE")
+    result = subprocess.run([sys.executable, "-m", "charlora", "bench", "--app-overhead", "--steps", "2", "--warmup",
+                             "1", "--rounds", "1", "--poll-interval", "0.2"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    number = r"(\d+\.\d+)"
+    assert re.search(rf"^round 1  cli +CPU {number} s/step  wall {number} s/step$", out, re.M), out
+    app = re.search(rf"^round 1  app +CPU {number} s/step  wall {number} s/step  poller: (\d+) polls, {number} ms CPU "
+                    r"per poll$", out, re.M)
+    assert app and int(app[3]) >= 1, out  # the page-load poll at least
+    assert re.search(rf"^app/CLI: CPU per step {number}x, wall per step {number}x \(medians\); CPU per step within a "
+                     rf"round {number}x \(median\)$", out, re.M), out
+    assert "tiny at 64 px, 2 timed steps after 1 warm-up, 1 round(s)" in out
+    assert "round 1  cli" in result.stderr  # each run as it ends
+    bad = subprocess.run([sys.executable, "-m", "charlora", "bench", "--app-overhead", "--warmup", "0"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--warmup >= 1" in bad.stderr

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from charlora.evaluate import GridSpec, Renderer, ScoreSpec, build_grid, score_run, seed_batch
+from charlora.errors import CharLoRAError
+from charlora.evaluate import (EvaluationError, GridSpec, LoraIndex, Renderer, ScoreSpec, SeedBatchSpec, build_grid,
+                               plan_cells, resolve_lora, score_run, seed_batch)
 from charlora.evaluate.grid import Cell
+from charlora.evaluate.layout import MISSING
 from charlora.params import load_config, normalize
 from charlora.train import train
 
@@ -55,7 +58,7 @@ def pixels(path):
 def test_users_grid_case(run, tiny_model, renderer, tmp_path):
     result = build_grid(spec(run, tiny_model, tmp_path), renderer)
     assert len(result.grids) == 1 and len(result.cells) == 6
-    assert any("wwaa-g13l-1-chk" in w and "not found" in w for w in result.warnings)
+    assert any("'chk' cells render without a LoRA ('wwaa-g13l-1-chk' names no file)" in w for w in result.warnings)
     grid = Image.open(result.grids[0])
     axes = json.loads(grid.text["charlora.grid"])["axes"]
     assert axes["x"]["kind"] == "prompt_sr" and axes["x"]["values"] == ["chk", "1", "2"]
@@ -95,20 +98,135 @@ def test_checkpoint_axis_with_no_lora_entry(run, tiny_model, renderer, tmp_path)
     assert "no LoRA" in json.dumps(labels)
 
 
-def test_stop_ends_the_grid_early(run, tiny_model, renderer, tmp_path):
+def test_stopped_grid_is_laid_out_whole_with_grey_cells(run, tiny_model, renderer, tmp_path):
     calls = []
     result = build_grid(spec(run, tiny_model, tmp_path), renderer, progress=lambda d, t, i: calls.append(d),
                         stop=lambda: len(calls) >= 2)
-    assert result.stopped and len(result.cells) == 2 and result.grids == []
+    assert result.stopped and len(result.cells) == 2 and (result.done, result.total) == (2, 6)
+    assert result.message == "stopped after 2 of 6 images"
+    assert len(result.grids) == 1 and result.files == result.grids + result.cells
+    image = Image.open(result.grids[0])
+    assert image.text["charlora.stopped"] == "stopped after 2 of 6 images"
+    grid = np.asarray(image.convert("RGB"))
+    left, top = grid.shape[1] - 3 * 64, grid.shape[0] - 2 * 64  # 3 columns x 2 rows, labels still there
+    assert left > 0 and top > 0 and (grid[:top] < 128).any() and (grid[:, :left] < 128).any()
+
+    def cell(r, c):
+        return grid[top + r * 64:top + (r + 1) * 64, left + c * 64:left + (c + 1) * 64]
+
+    assert np.array_equal(cell(0, 0), pixels(result.cells[0])) and np.array_equal(cell(0, 1), pixels(result.cells[1]))
+    for r, c in [(0, 2), (1, 0), (1, 1), (1, 2)]:
+        assert (cell(r, c) == MISSING).all()
 
 
-def test_seed_batch_sheet(run, renderer, tmp_path):
-    path, images = seed_batch(renderer, run / "model" / "wwaa-g13l-1.safetensors", "portrait of a girl", "",
-                              [1, 2, 3, 4], tmp_path / "sheet.png", steps=2, width=64, height=64, columns=2)
-    assert path.is_file() and len(images) == 4
-    assert len({np.asarray(i).tobytes() for i in images}) == 4
-    sheet = Image.open(path)
+def test_stop_before_the_first_cell_writes_no_grid(run, tiny_model, renderer, tmp_path):
+    result = build_grid(spec(run, tiny_model, tmp_path), renderer, stop=lambda: True)
+    assert result.stopped and result.grids == [] and result.message == "stopped after 0 of 6 images"
+
+
+def test_last_epoch_column_renders_with_the_final_file(run, tiny_model, renderer, tmp_path):
+    # The run saved wwaa-g13l-1-000001, -000002 and wwaa-g13l-1 (its last epoch, 3): column 3 is the final file.
+    result = build_grid(spec(run, tiny_model, tmp_path, x_values="chk,1,2,3", y_kind="nothing", y_values=""), renderer)
+    assert not any("wwaa-g13l-1-3" in w for w in result.warnings)
+    assert result.files_used == ["column chk -> no LoRA", "column 1 -> wwaa-g13l-1-000001.safetensors",
+                                 "column 2 -> wwaa-g13l-1-000002.safetensors", "column 3 -> wwaa-g13l-1.safetensors"]
+    assert json.loads(Image.open(result.grids[0]).text["charlora.files"]) == result.files_used
+    chk, _, _, last = [pixels(p) for p in result.cells]
+    assert not np.array_equal(chk, last)
+    final = Cell("anime, comic, cartoon, portrait of a girl , illustration, dark hair", "", 7.0, 5, 2, "euler_a",
+                 [(run / "model" / "wwaa-g13l-1.safetensors", 1.0, 1.0)], ("", "", ""))
+    assert np.array_equal(last, np.asarray(renderer.render(final, 64, 64)))
+    assert "<lora:wwaa-g13l-1:1>" in Image.open(result.cells[3]).text["parameters"]
+
+
+def test_two_prompt_sr_axes_both_replace(run, tiny_model, tmp_path):
+    # A1111 applies X's replacement, then Y's, to the same prompt: x=2, y=boy renders "a boy" with epoch 2.
+    s = spec(run, tiny_model, tmp_path, prompt="a girl <lora:wwaa-g13l-1-chk:1>", x_values="chk,1,2",
+             y_kind="prompt_sr", y_values="girl,boy")
+    grids, warnings, _ = plan_cells(s, LoraIndex(run / "model"))
+    cell = grids[0][1][2]
+    assert cell.prompt == "a boy" and [p.name for p, _, _ in cell.loras] == ["wwaa-g13l-1-000002.safetensors"]
+    assert grids[0][0][1].prompt == "a girl" and grids[0][0][1].loras[0][0].name == "wwaa-g13l-1-000001.safetensors"
+    assert [c.loras for c in (grids[0][0][0], grids[0][1][0])] == [[], []]  # the chk column: no LoRA
+    # Y searches the prompt as X left it, and fails there as A1111 does
+    bad = spec(run, tiny_model, tmp_path, prompt="a girl", x_values="girl,boy", y_kind="prompt_sr",
+               y_values="girl,woman")
+    with pytest.raises(EvaluationError, match=r"Y axis: Prompt S/R did not find girl.*'a boy'"):
+        plan_cells(bad, LoraIndex(run / "model"))
+
+
+def test_a1111_sampler_names(run, tiny_model, renderer, tmp_path):
+    s = spec(run, tiny_model, tmp_path, prompt="a girl", x_kind="sampler", x_values="Euler a, dpm++ 2m KARRAS, ddim",
+             y_kind="nothing", y_values="", sampler="euler A")
+    grids, _, labels = plan_cells(s, LoraIndex(run / "model"))
+    assert [c.sampler for c in grids[0][0]] == ["Euler a", "DPM++ 2M Karras", "ddim"]
+    assert labels[0][0] == ["Euler a", "DPM++ 2M Karras", "ddim"]
+    karras = np.asarray(renderer.render(grids[0][0][1], 64, 64))
+    plain = np.asarray(renderer.render(Cell("a girl", "", 7.0, 5, 2, "dpmsolver++", [], ("", "", "")), 64, 64))
+    assert not np.array_equal(karras, plain)  # Karras sigmas: another schedule, another image
+    with pytest.raises(CharLoRAError, match=r"Unknown sampler: Euler b; choose from .*Euler a.*DPM\+\+ 2M Karras"):
+        plan_cells(spec(run, tiny_model, tmp_path, x_kind="sampler", x_values="Euler b"), LoraIndex(run / "model"))
+    with pytest.raises(CharLoRAError, match=r"sampler 'k_dpmpp_2m' is not known; choose one of: .*DPM\+\+ 2M"):
+        plan_cells(spec(run, tiny_model, tmp_path, sampler="k_dpmpp_2m"), LoraIndex(run / "model"))
+
+
+def test_resolve_lora_as_the_grid_lists_names(run, tmp_path, monkeypatch):
+    model = run / "model"
+    epoch2 = model / "wwaa-g13l-1-000002.safetensors"
+    for name in ("wwaa-g13l-1-000002", "wwaa-g13l-1-2", "wwaa-g13l-1-000002.safetensors", str(epoch2)):
+        assert resolve_lora(name, model) == epoch2
+    final = model / "wwaa-g13l-1.safetensors"
+    assert resolve_lora("wwaa-g13l-1", model) == resolve_lora("wwaa-g13l-1-3", model) == final
+    assert resolve_lora("none", model) is None and resolve_lora("", model) is None
+    monkeypatch.chdir(run)
+    relative = Path("model/wwaa-g13l-1-000002.safetensors")
+    assert resolve_lora(relative, tmp_path) == relative  # not in the folder: relative to the working folder
+    with pytest.raises(EvaluationError) as err:
+        resolve_lora("wwaa-g13l-1-000009", model)
+    assert "'wwaa-g13l-1-000009' not found in" in str(err.value)
+    assert "available: wwaa-g13l-1-000001, wwaa-g13l-1-000002, wwaa-g13l-1 " in str(err.value)
+    with pytest.raises(EvaluationError, match="LoRA folder .*nowhere does not exist"):
+        resolve_lora("wwaa-g13l-1", tmp_path / "nowhere")
+
+
+def seeds_spec(run, tiny_model, tmp_path, **overrides):
+    values = dict(base_model=str(tiny_model.folder), lora="wwaa-g13l-1-000002", lora_folder=str(run / "model"),
+                  prompt="portrait of a girl <lora:wwaa-g13l-1-chk:1>", seeds=[1, 2, 3, 4],
+                  output=str(tmp_path / "sheet.png"), steps=2, width=64, height=64, columns=2)
+    values.update(overrides)
+    return SeedBatchSpec(**values)
+
+
+def test_seed_batch_sheet(run, tiny_model, renderer, tmp_path):
+    calls = []
+    result = seed_batch(seeds_spec(run, tiny_model, tmp_path), renderer, progress=lambda d, t, i: calls.append((d, t)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert result.lora == str(run / "model" / "wwaa-g13l-1-000002.safetensors")
+    assert Path(result.sheet).is_absolute() and Path(result.sheet).is_file() and result.files == [result.sheet]
+    assert len(result.images) == 4 and len({np.asarray(i).tobytes() for i in result.images}) == 4
+    assert not result.stopped and result.message == "4 images"
+    sheet = Image.open(result.sheet)
     assert sheet.width >= 2 * 64 and sheet.height >= 2 * 64 and json.loads(sheet.text["charlora.seeds"]) == [1, 2, 3, 4]
+    lora = Cell("portrait of a girl", "", 7.0, 2, 2, "euler_a", [(run / "model" / "wwaa-g13l-1-000002.safetensors",
+                                                                 1.0, 1.0)], ("", "", ""))
+    assert np.array_equal(np.asarray(result.images[1]), np.asarray(renderer.render(lora, 64, 64)))
+
+
+def test_seed_batch_stops_after_the_current_image(run, tiny_model, renderer, tmp_path):
+    calls = []
+    result = seed_batch(seeds_spec(run, tiny_model, tmp_path, lora="wwaa-g13l-1-2", sampler="Euler a"), renderer,
+                        progress=lambda d, t, i: calls.append((d, t)), stop=lambda: len(calls) >= 2)
+    assert calls == [(1, 4), (2, 4)] and result.stopped and result.message == "stopped after 2 of 4 images"
+    assert result.seeds == [1, 2] and len(result.images) == 2
+    sheet = Image.open(result.sheet)
+    assert json.loads(sheet.text["charlora.seeds"]) == [1, 2] and sheet.text["charlora.stopped"] == result.message
+
+
+def test_seed_batch_unknown_lora_is_named(run, tiny_model, renderer, tmp_path):
+    listed = "available: wwaa-g13l-1-000001, wwaa-g13l-1-000002, wwaa-g13l-1 "
+    with pytest.raises(EvaluationError, match=r"'wwaa-000002' not found in .*model; " + listed):
+        seed_batch(seeds_spec(run, tiny_model, tmp_path, lora="wwaa-000002"), renderer)
+    assert not (tmp_path / "sheet.png").exists()
 
 
 def test_score_run_recommends_a_checkpoint(run, tiny_model, renderer, tmp_path):
@@ -124,6 +242,11 @@ def test_score_run_recommends_a_checkpoint(run, tiny_model, renderer, tmp_path):
     assert saved["rows"] == report["rows"]
     epochs = [row["epoch"] for row in report["rows"][1:]]
     assert epochs == [1, 2, 3]
+    assert [row["label"] for row in report["rows"][1:]] == ["epoch 1", "epoch 2", "epoch 3 (final file)"]
+    assert report["report_file"] == str(tmp_path / "wwaa-g13l-1-scores.json")
+    assert report["output_dir"] == str(tmp_path) and len(report["images"]) == 4 * 2
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in report["images"])
+    assert report["other_runs"] == [] and report["other_runs_note"] == ""
 
 
 def test_cli_grid_score_keep(run, tiny_model, tmp_path):
@@ -134,7 +257,9 @@ def test_cli_grid_score_keep(run, tiny_model, tmp_path):
                                     "--y", "cfg=7,8", "--steps", "2", "--size", "64", "--out", str(tmp_path / "g")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert grid.returncode == 0, grid.stderr
-    assert "grid:" in grid.stdout and "not found" in grid.stdout + grid.stderr
+    assert "grid:" in grid.stdout and "the base-model reference" in grid.stdout + grid.stderr
+    assert "lora: column chk -> no LoRA" in grid.stdout
+    assert "lora: column 1 -> wwaa-g13l-1-000001.safetensors" in grid.stdout
     score = subprocess.run(common + ["score", "--base-model", str(tiny_model.folder), "--lora-folder",
                                      str(run / "model"), "--name", "wwaa-g13l-1", "--train-data-dir", str(run / "img"),
                                      "--prompt", "portrait of a girl", "--seeds", "1,2", "--scorer", "tiny",
@@ -146,6 +271,23 @@ def test_cli_grid_score_keep(run, tiny_model, tmp_path):
                                    "--prompt", "no tag here", "--x", "prompt_sr=chk,1", "--out", str(tmp_path / "b")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "did not find" in bad.stderr
+
+
+def test_cli_seeds_takes_the_names_the_grid_lists(run, tiny_model, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    common = [sys.executable, "-m", "charlora", "seeds", "--base-model", str(tiny_model.folder), "--lora-folder",
+              str(run / "model"), "--prompt", "portrait of a girl", "--seeds", "1,2", "--steps", "2", "--size", "64",
+              "--sampler", "DPM++ 2M"]
+    ok = subprocess.run(common + ["--lora", "wwaa-g13l-1-000002", "--out", str(tmp_path / "s.png")],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert f"lora: {run / 'model' / 'wwaa-g13l-1-000002.safetensors'}" in ok.stdout
+    assert f"sheet: {tmp_path / 's.png'}" in ok.stdout and (tmp_path / "s.png").is_file()
+    assert "image 2/2" in ok.stderr
+    bad = subprocess.run(common + ["--lora", "wwaa-2", "--out", str(tmp_path / "b.png")], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "'wwaa-2' not found" in bad.stderr and "wwaa-g13l-1-000001" in bad.stderr
+    assert "Traceback" not in bad.stderr and "internal error" not in bad.stderr
 
 
 def test_cli_keep_archives_the_rest_of_the_run(run, tmp_path):

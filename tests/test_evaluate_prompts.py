@@ -8,15 +8,16 @@ from safetensors.torch import save_file
 
 from charlora.evaluate import prompts
 from charlora.evaluate.prompts import (EvaluationError, LoraIndex, LoraTag, axis_label, kohya_epoch_aliases,
-                                       parse_axis_values, parse_prompt, prompt_sr)
+                                       parse_axis_values, parse_prompt, prompt_sr, resolve_lora)
 from charlora.errors import CharLoRAError
 
 USER_PROMPT = "anime, comic, cartoon, portrait of a girl <lora:wwaa-g13l-1-chk:1>, illustration, dark hair"
 
 
-def write_lora(folder: Path, stem: str, output_name: str | None = None) -> Path:
+def write_lora(folder: Path, stem: str, output_name: str | None = None, **extra) -> Path:
     path = folder / f"{stem}.safetensors"
     metadata = {"ss_output_name": output_name} if output_name else {}
+    metadata.update(extra)
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 2)}, str(path), metadata=metadata)
     return path
 
@@ -94,6 +95,35 @@ def test_resolve_by_stem_epoch_and_unique_alias(kohya_folder):
     assert index.resolve("my_alias") == (unique, None)
     assert kohya_epoch_aliases(kohya_folder) == {
         f"wwaa-g13l-1-{e}": kohya_folder / f"wwaa-g13l-1-{e:06d}.safetensors" for e in (2, 4, 6, 8, 10)}
+
+
+def test_last_epoch_name_finds_the_final_file(tmp_path):
+    # Kohya saves epochs 1..3 as NAME-00000N and the last one (4) as NAME.safetensors
+    for epoch in (1, 2, 3):
+        write_lora(tmp_path, f"char-{epoch:06d}", "char", ss_epoch=str(epoch))
+    final = write_lora(tmp_path, "char", "char", ss_epoch="4")
+    index = LoraIndex(tmp_path)
+    assert index.resolve("char-4") == (final, None)
+    assert index.resolve("char-000004") == (final, None)
+    assert index.resolve("char-3")[0] == tmp_path / "char-000003.safetensors"
+    assert index.resolve("char-5") == (None, "lora 'char-5' not found: rendered without it (as AUTOMATIC1111 does)")
+
+
+def test_resolve_lora_unknown_name_lists_the_names(kohya_folder):
+    assert resolve_lora("wwaa-g13l-1-4.safetensors", kohya_folder) == kohya_folder / "wwaa-g13l-1-000004.safetensors"
+    with pytest.raises(EvaluationError) as err:
+        resolve_lora("wwaa-7", kohya_folder)
+    message = str(err.value)
+    assert message.startswith(f"LoRA 'wwaa-7' not found in {kohya_folder}; available: wwaa-g13l-1-000002, ")
+    assert "wwaa-g13l-1-000010, wwaa-g13l-1 (an epoch file also as NAME-<epoch>" in message
+    write_lora(kohya_folder, "first", "shared")
+    write_lora(kohya_folder, "second", "shared")
+    with pytest.raises(EvaluationError, match=r"'shared' is the ss_output_name of 2 files"):
+        resolve_lora("shared", kohya_folder)
+    empty = kohya_folder / "empty"
+    empty.mkdir()
+    with pytest.raises(EvaluationError, match="holds no .safetensors files"):
+        resolve_lora("x", empty)
 
 
 def test_not_found_and_ambiguous_alias(tmp_path):

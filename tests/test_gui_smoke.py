@@ -7,14 +7,14 @@ import pytest
 from conftest import free_port
 
 from charlora.params import PARAMS
-from charlora.ui.app import TAB_NAMES, build_app, parse_args
+from charlora.ui.app import TAB_NAMES, build_app, parse_args, serve
 
 
 @pytest.fixture(scope="module")
 def app_config():
     demo = build_app()
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True)
+    serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as response:
             yield json.load(response)

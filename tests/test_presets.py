@@ -56,3 +56,13 @@ def test_bad_or_builtin_names_are_refused(home, name):
 def test_unknown_preset_lists_what_exists(home):
     with pytest.raises(CharLoRAError, match="character-16gb"):
         presets.find_preset("nope")
+
+
+def test_save_as_never_replaces_an_existing_preset(home):
+    first = dict(presets.load_preset("quick-tiny-demo").values, network_dim=12)
+    path = presets.save_user_preset("mine", first)
+    with pytest.raises(CharLoRAError, match="already exists.*press Save to overwrite"):
+        presets.save_user_preset("mine", dict(first, network_dim=64))
+    assert json.loads(path.read_text())["network_dim"] == 12  # untouched
+    presets.save_user_preset("mine", dict(first, network_dim=64), overwrite=True)  # Save of the selected one
+    assert json.loads(path.read_text())["network_dim"] == 64

@@ -7,7 +7,7 @@ import pytest
 from charlora.errors import CharLoRAError
 from charlora.params import load_config, normalize
 from charlora.train import TrainingJob
-from charlora.ui.training_tab import files_text, loss_frame, status_text
+from charlora.ui.training_tab import files_text, loss_chart, status_text
 
 from dataset_helpers import pattern, save
 
@@ -34,8 +34,8 @@ def test_job_runs_in_a_thread_and_reports(tiny_model, tmp_path):
     assert [Path(f).name for f in snap.files] == ["tiny-demo-000001.safetensors", "tiny-demo.safetensors"]
     assert len(snap.losses) == 8 and snap.plan.startswith("images: 2 (4 samples per epoch")
     assert "Completed" in status_text(snap) and "tiny-demo.safetensors" in files_text(snap.files)
-    frame = loss_frame(snap.plot_points())
-    assert str(frame["step"].dtype) == "int64" and str(frame["loss"].dtype) == "float64" and len(frame) == 16
+    chart = loss_chart(snap.plot_points())
+    assert chart.count('data-points="8"') == 2  # the loss and its epoch average, a point per step
 
 
 def test_failure_is_a_message_not_a_traceback(tiny_model, tmp_path):

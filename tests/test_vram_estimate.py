@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,88 @@ def test_lion_and_adamw_state_sizes_in_the_estimate():
     assert sizes["Lion"] == sizes["SGDNesterov"] == 4 * count
     assert sizes["Adafactor"] < sizes["AdamW8bit"] < sizes["Lion"] < sizes["AdamW"] < sizes["Prodigy"]
     assert math.isclose(sizes["AdamW8bit"], 2 * count, rel_tol=0.02)
+
+
+# ---------------------------------------------------------------- (f) the model the config names
+
+
+def tiny_numels():
+    parts = build_tiny_components()
+    return {name: numel(parts[name].parameters()) for name in ("unet", "vae", "text_encoder")}, parts
+
+
+@pytest.mark.parametrize("form", ["single_file", "folder"])
+def test_sizes_are_read_from_the_model_it_is_given(tiny_model, form):
+    source = getattr(tiny_model, form)
+    counts, parts = tiny_numels()
+    sizes = ve.model_sizes(f'"{source}"')  # quoted, as Kohya's GUI stores paths
+    assert (sizes.unet, sizes.vae, sizes.text_encoder) == (counts["unet"], counts["vae"], counts["text_encoder"])
+    key = lambda t: (t.part, t.in_features, t.out_features, t.conv)  # noqa: E731
+    assert sorted(sizes.targets, key=key) == sorted(ve.model_targets(parts["unet"], parts["text_encoder"]), key=key)
+
+    values = config(pretrained_model_name_or_path=str(source), network_dim=4, cache_latents=False)
+    estimate = ve.estimate_vram(values)
+    assert estimate.weights == 2 * (counts["unet"] + counts["text_encoder"]) + 4 * counts["vae"]
+    network = LoRANetwork.attach(parts["unet"], parts["text_encoder"], LoRASettings.from_config(values))
+    assert estimate.lora_parameter_count == numel(network.parameters())
+    assert estimate.model_source == f"sizes from the model {'file' if form == 'single_file' else 'folder'}"
+    assert estimate.model_source in ve.format_estimate(estimate, has_gpu=False)
+
+
+def test_a_diffusers_variant_file_is_not_counted_twice(tiny_model, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model.folder, folder)
+    shutil.copy(folder / "unet" / "diffusion_pytorch_model.safetensors",
+                folder / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    assert ve.model_sizes(str(folder)).unet == ve.model_sizes(str(tiny_model.folder)).unet
+
+
+def test_sd15_sizes_when_the_model_cannot_be_read(tiny_model, tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    shutil.copy(tiny_model.single_file, ckpt)
+    garbage = tmp_path / "broken.safetensors"
+    garbage.write_bytes(b"<html>404 not found</html>")
+    cases = {"": "SD 1.5's sizes: no model chosen yet",
+             "stable-diffusion-v1-5/stable-diffusion-v1-5": "SD 1.5's sizes: the model could not be read (not a file",
+             str(ckpt): "SD 1.5's sizes: the model could not be read (only a .safetensors",
+             str(garbage): "SD 1.5's sizes: the model could not be read (",
+             str(tmp_path): "SD 1.5's sizes: the model could not be read (the model folder has no unet/*.safetensors)"}
+    for source, said in cases.items():
+        estimate = ve.estimate_vram(config(pretrained_model_name_or_path=source, cache_latents=True,
+                                           text_encoder_lr=0.0))
+        assert estimate.weights == ve.SD15_UNET_PARAMS * 2, source
+        assert estimate.model_source.startswith(said), (source, estimate.model_source)
+        assert estimate.model_source in estimate.details["weights"]
+
+
+def test_the_estimate_says_what_it_means_without_a_gpu():
+    estimate = ve.estimate_vram(config())
+    total = f"{estimate.total / GIB:.1f} GiB"
+    text = ve.format_estimate(estimate, has_gpu=False)
+    assert text.splitlines()[:2] == [
+        f"VRAM estimate: {total} of GPU memory on an NVIDIA GPU",
+        "  on this computer (no GPU) training runs on the CPU and uses system RAM instead"]
+    assert "compare" not in text
+    assert estimate.summary(has_gpu=False) == (f"needs about {total} of GPU memory on an NVIDIA GPU; on this computer "
+                                               "(no GPU) training runs on the CPU and uses system RAM instead")
+    assert "nvidia-smi" in estimate.summary(has_gpu=True) and "CPU" not in estimate.summary(has_gpu=True)
+    assert estimate.summary(16 * GIB) == estimate.verdict(16 * GIB)
+
+
+def test_targets_from_sd15_key_names_match_the_built_models():
+    # SD 1.5's own keys and shapes, in both layouts a model file can have (the original single-file
+    # names and diffusers' names), give exactly the targets the trainer finds in the built models.
+    from charlora.models.sd_layout import diffusers_to_original
+
+    unet, vae, text_encoder = sd15_on_meta()
+    parts = {name: {k: tuple(v.shape) for k, v in model.state_dict().items()}
+             for name, model in (("unet", unet), ("vae", vae), ("te", text_encoder))}
+    original = {k: tuple(v.shape) for k, v in diffusers_to_original(
+        unet.state_dict(), vae.state_dict(), text_encoder.state_dict()).items()}
+    key = lambda t: (t.part, t.in_features, t.out_features, t.conv)  # noqa: E731
+    expected = sorted(ve.sd15_targets(), key=key)
+    from_diffusers = ve.targets_from_shapes(parts["unet"], "unet") + ve.targets_from_shapes(parts["te"], "te")
+    assert sorted(from_diffusers, key=key) == expected
+    from_original = (ve.targets_from_shapes({k: s for k, s in original.items() if k.startswith("model.")}, "unet")
+                     + ve.targets_from_shapes({k: s for k, s in original.items() if k.startswith("cond_")}, "te"))
+    assert sorted(from_original, key=key) == expected

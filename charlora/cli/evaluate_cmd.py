@@ -33,7 +33,8 @@ def _common(parser, lora: str = "folder") -> None:
     parser.add_argument("--negative", default="", help="negative prompt")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0)
-    parser.add_argument("--sampler", default="euler_a", help="Kohya's sampler names (euler_a, ddim, dpmsolver++, ...)")
+    parser.add_argument("--sampler", default="euler_a", help="Kohya's or A1111's sampler name, any case (euler_a, "
+                        "dpmsolver++, \"Euler a\", \"DPM++ 2M Karras\", ...)")
     parser.add_argument("--size", default="512", help="512 or WIDTHxHEIGHT")
     parser.add_argument("--clip-skip", type=int, default=1)
     parser.add_argument("--out", required=True, help="output folder (or file for seeds)")
@@ -55,7 +56,9 @@ def register(subparsers) -> None:
 
     seeds = subparsers.add_parser("seeds", help="one checkpoint over several seeds, as a sheet")
     _common(seeds)
-    seeds.add_argument("--lora", help="the LoRA file (none = base model)")
+    seeds.add_argument("--lora", help="the LoRA: a file, or a name as the grid lists it (NAME-000002, NAME-2, NAME) "
+                                      "in --lora-folder; none = the base model")
+    seeds.add_argument("--lora-folder", default=".", help="folder where --lora names are looked up")
     seeds.add_argument("--prompt", required=True)
     seeds.add_argument("--seeds", default="1-8", help="e.g. 1-8 or 3,5,7")
     seeds.add_argument("--weight", type=float, default=1.0)
@@ -97,8 +100,11 @@ def run_grid(args) -> int:
     result = build_grid(spec, progress=lambda done, total, image: print(f"cell {done}/{total}", file=sys.stderr))
     for warning in result.warnings:
         print(f"warning: {warning}")
+    for line in result.files_used:
+        print(f"lora: {line}")
     for path in result.grids:
         print(f"grid: {path}")
+    print(f"cells: {result.output_dir} ({len(result.cells)} PNG files with their parameters)")
     return 0
 
 
@@ -109,17 +115,17 @@ def _seeds(text: str) -> list[int]:
 
 
 def run_seeds(args) -> int:
-    from pathlib import Path
-
-    from ..evaluate import Renderer, seed_batch
+    from ..evaluate import SeedBatchSpec, seed_batch
 
     width, height = _size(args.size)
-    renderer = Renderer(args.base_model, clip_skip=args.clip_skip)
-    out = Path(args.out if args.out.endswith(".png") else f"{args.out}/seeds.png")
-    path, _ = seed_batch(renderer, Path(args.lora) if args.lora else None, args.prompt, args.negative,
-                         _seeds(args.seeds), out, steps=args.steps, cfg=args.cfg, sampler=args.sampler, width=width,
-                         height=height, weight=args.weight)
-    print(f"sheet: {path}")
+    out = args.out if args.out.lower().endswith(".png") else f"{args.out}/seeds.png"
+    spec = SeedBatchSpec(base_model=args.base_model, lora=args.lora or "", lora_folder=args.lora_folder,
+                         prompt=args.prompt, negative=args.negative, seeds=_seeds(args.seeds), output=out,
+                         steps=args.steps, cfg=args.cfg, sampler=args.sampler, width=width, height=height,
+                         clip_skip=args.clip_skip, weight=args.weight)
+    result = seed_batch(spec, progress=lambda done, total, image: print(f"image {done}/{total}", file=sys.stderr))
+    print(f"lora: {result.lora or 'none (base model)'}")
+    print(f"sheet: {result.sheet}")
     return 0
 
 
@@ -136,15 +142,19 @@ def run_score(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{'checkpoint':<32} {'epoch':>5} {'identity':>9} {'consistency':>12} {'prompt':>7}  warnings")
+    print(f"{'checkpoint':<32} {'is':<24} {'identity':>9} {'consistency':>12} {'prompt':>7}  warnings")
     for row in report["rows"]:
         fidelity = "-" if row["prompt_fidelity"] is None else f"{row['prompt_fidelity']:.3f}"
-        print(f"{row['name']:<32} {str(row['epoch'] or ''):>5} {row['identity']:>9.3f} {row['consistency']:>12.3f} "
+        what = "" if row["baseline"] else row["label"]
+        print(f"{row['name']:<32} {what:<24} {row['identity']:>9.3f} {row['consistency']:>12.3f} "
               f"{fidelity:>7}  {'; '.join(row['warnings'])}")
+    if report["other_runs_note"]:
+        print(f"note: {report['other_runs_note']}")
     rec = report["recommendation"]
     print(f"recommended: {rec['name']} ({report['recommended_file']})")
     for reason in rec["reasons"]:
         print(f"  - {reason}")
+    print(f"report: {report['report_file']}")
     return 0
 
 
@@ -152,12 +162,15 @@ def run_keep(args) -> int:
     import re
     from pathlib import Path
 
-    from ..evaluate import keep_checkpoint, run_files_of
+    from ..evaluate import keep_checkpoint, run_files
 
     chosen = Path(args.file)
     name = args.name or re.sub(r"-(\d{6}|step\d{8})$", "", chosen.stem)
-    result = keep_checkpoint(chosen, Path(args.to), run_files_of(chosen.parent, name))
+    run = run_files(chosen.parent, name, member=chosen)  # the chosen file's run, not another with that name
+    result = keep_checkpoint(chosen, Path(args.to), run.files)
     print(f"kept: {result.kept}")
     for path in result.archived:
         print(f"archived: {path}")
+    if run.others:
+        print(f"note: {run.note()}")
     return 0

@@ -11,12 +11,25 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import CharLoRAError
 from .images import IMAGE_EXTENSIONS, is_image_path, upright_size, verify_image
 
 KOHYA_DEFAULT_CAPTION_EXTENSION = ".caption"  # what sd-scripts uses when the GUI's field is empty
 _IGNORED_FILES = (".npz",)  # Kohya's own latent cache files sit beside the images
 _CONCEPT = re.compile(r"^(\d+)_(.*)$")
 LAYOUT_HINT = "train_data_dir must be the parent of folders like 10_name (10 = repeats, name = class tokens)"
+
+
+class DatasetError(CharLoRAError):
+    """The dataset folder cannot be used at all (missing, or no usable concept folder)."""
+
+
+def missing_folder(key: str, folder: str) -> str:
+    """Why `folder` (the value of train_data_dir or reg_data_dir) cannot be read, and what to do."""
+    what = "is not a folder" if Path(folder).exists() else "does not exist on this computer"
+    if key == "reg_data_dir":
+        return f"reg_data_dir {folder!r} {what}; fix the path or clear it to train without regularisation"
+    return f"{key} {folder!r} {what}; choose the folder that holds folders like 10_name"
 
 
 @dataclass

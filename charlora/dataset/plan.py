@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .buckets import BucketChoice, BucketPlanner
-from .folders import Concept, ImageItem, Problem, scan_parent
+from .folders import Concept, DatasetError, ImageItem, Problem, missing_folder, scan_parent
 
 
 @dataclass
@@ -124,6 +124,9 @@ def balance_reg_repeats(reg_items: list[tuple[ImageItem, Concept]], num_train_sa
 def build_plan(values: dict, num_processes: int = 1, problems: list[Problem] | None = None) -> DatasetPlan:
     """Scan `train_data_dir` (and `reg_data_dir`) and plan buckets and steps for the normalised config."""
     problems = [] if problems is None else problems
+    for key in ("train_data_dir", "reg_data_dir"):
+        if values[key] and not Path(values[key]).is_dir():
+            raise DatasetError(missing_folder(key, values[key]))
     planner = BucketPlanner.from_config(values)
     concepts = scan_parent(Path(values["train_data_dir"]), values["caption_extension"], False, problems)
     reg_concepts = []

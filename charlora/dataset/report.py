@@ -12,14 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CharLoRAError
 from .duplicates import near_duplicates
-from .folders import LAYOUT_HINT, Problem
+from .folders import LAYOUT_HINT, DatasetError, Problem, missing_folder
 from .plan import DatasetPlan, build_plan
-
-
-class DatasetError(CharLoRAError):
-    """The dataset folder cannot be used at all (missing, or no usable concept folder)."""
 
 
 @dataclass
@@ -72,20 +67,25 @@ class DatasetReport:
         return "\n".join(lines) + "\n"
 
 
-def _contains_word(text: str, word: str) -> bool:
+def contains_word(text: str, word: str) -> bool:
+    """`word` as a whole word of `text`, ignoring case (as the trigger-word check reads captions)."""
     return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
 def check_dataset(values: dict, num_processes: int = 1) -> DatasetReport:
-    """Build the plan for `values` (normalised config) and add the checks no trainer does."""
-    for key in ("train_data_dir", "reg_data_dir"):
-        folder = values[key]
-        if key == "train_data_dir" and not folder:
-            raise DatasetError("train_data_dir is empty: choose the folder that holds folders like 10_name")
-        if folder and not Path(folder).is_dir():
-            raise DatasetError(f"{key} {folder!r} does not exist or is not a folder")
-    plan = build_plan(values, num_processes)
-    problems = plan.problems
+    """Build the plan for `values` (normalised config) and add the checks no trainer does.
+
+    A missing or empty train_data_dir is a DatasetError; a missing reg_data_dir is a problem in the
+    report (a config from another computer often names one), and the rest is checked without it.
+    """
+    if not values["train_data_dir"]:
+        raise DatasetError("train_data_dir is empty: choose the folder that holds folders like 10_name")
+    problems: list[Problem] = []
+    reg = values["reg_data_dir"]
+    if reg and not Path(reg).is_dir():
+        problems.append(Problem(reg, missing_folder("reg_data_dir", reg)))
+        values = dict(values, reg_data_dir="")
+    plan = build_plan(values, num_processes, problems)
 
     planner_no_upscale = values["enable_bucket"] and values["bucket_no_upscale"]
     for sample in plan.samples:
@@ -99,7 +99,7 @@ def check_dataset(values: dict, num_processes: int = 1) -> DatasetReport:
         if not concept.trigger:
             continue
         for item in concept.images:
-            if item.caption_from_file and not _contains_word(item.caption, concept.trigger):
+            if item.caption_from_file and not contains_word(item.caption, concept.trigger):
                 problems.append(Problem(str(item.path), f"caption does not contain the trigger word "
                                                         f"{concept.trigger!r} (from the folder name)"))
     train_paths = [item.path for c in plan.concepts for item in c.images]

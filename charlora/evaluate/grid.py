@@ -17,11 +17,12 @@ import torch
 
 from ..errors import CharLoRAError
 from ..models.loading import load_base_model
-from ..train.sampling import SamplePrompt, generate_samples
+from ..train.sampling import SAMPLER_CHOICES, SamplePrompt, generate_samples, sampler_name
 from .layout import cell_parameters, draw_grid, grid_text_chunks, make_sheet, save_png
-from .prompts import AXIS_KINDS, EvaluationError, LoraIndex, axis_label, parse_axis_values, parse_prompt, prompt_sr
+from .prompts import (AXIS_KINDS, NO_LORA, EvaluationError, LoraIndex, apply_prompt_sr, axis_label,
+                      parse_axis_values, parse_prompt, resolve_lora)
 
-NO_LORA = ("none", "no lora", "no-lora", "base")
+AXIS_LETTERS = ("X", "Y", "Z")
 
 
 @dataclass(kw_only=True)
@@ -31,7 +32,7 @@ class GenerationSettings:
     negative: str = ""
     steps: int = 20
     cfg: float = 7.0
-    sampler: str = "euler_a"
+    sampler: str = "euler_a"  # Kohya's or A1111's name (train.sampling.SAMPLER_CHOICES), any case
     width: int = 512
     height: int = 512
     clip_skip: int = 1
@@ -67,18 +68,35 @@ class Cell:
 
 @dataclass
 class GridResult:
-    grids: list = field(default_factory=list)  # one PNG per Z value
-    cells: list = field(default_factory=list)
+    grids: list = field(default_factory=list)  # full paths of the grid PNGs, one per Z value rendered
+    cells: list = field(default_factory=list)  # full paths of the cell PNGs, in rendering order
     warnings: list = field(default_factory=list)
+    files_used: list = field(default_factory=list)  # "column 4 -> NAME.safetensors": the LoRA file(s) used
     stopped: bool = False
+    done: int = 0  # images rendered
+    total: int = 0  # images planned
+    message: str = ""  # "6 images" or "stopped after 2 of 6 images"
+    output_dir: str = ""  # full path of the folder written to
+
+    @property
+    def files(self) -> list:
+        """Every file written: the grids, then the cells."""
+        return self.grids + self.cells
 
 
-def _apply(kind: str, value, cell: dict, index: LoraIndex, warnings: list) -> None:
-    """Set one axis value on a cell under construction (A1111's per-axis `apply` functions)."""
+def _apply(axis: int, kind: str, value, cell: dict, index: LoraIndex) -> None:
+    """Set one axis value on a cell under construction (A1111's per-axis `apply` functions, called for
+    X, then Y, then Z on the same cell: two Prompt S/R axes both replace, each in what the other left)."""
     if kind == "nothing":
         return
     if kind == "prompt_sr":
-        cell["prompt"], cell["negative"] = value
+        search, replacement = value
+        try:
+            cell["prompt"], cell["negative"] = apply_prompt_sr(cell["prompt"], cell["negative"], search, replacement)
+        except EvaluationError as exc:
+            changed = f" (the prompt as the earlier axes left it: {cell['prompt']!r})" if cell["changed"] else ""
+            raise EvaluationError(f"{AXIS_LETTERS[axis]} axis: {exc}{changed}") from None
+        cell["changed"] = True
     elif kind == "cfg":
         cell["cfg"] = float(value)
     elif kind == "seed":
@@ -100,38 +118,53 @@ def _apply(kind: str, value, cell: dict, index: LoraIndex, warnings: list) -> No
             cell["checkpoint"] = path
 
 
-def _axis(kind: str, text: str, spec: GridSpec) -> tuple[list, list[str], list]:
+def _axis(kind: str, text: str) -> tuple[list, list[str], list]:
     """(values to apply, labels, the values as written) for one axis."""
     if kind not in AXIS_KINDS:
         raise EvaluationError(f"unknown axis {kind!r}; choose one of {', '.join(AXIS_KINDS)}")
     if kind == "nothing":
         return [None], [""], [None]
-    values = parse_axis_values(kind, text)
+    values = parse_axis_values(kind, text, SAMPLER_CHOICES if kind == "sampler" else None)
     labels = [axis_label(kind, v) for v in values]
     if kind == "prompt_sr":
-        return prompt_sr(spec.prompt, spec.negative, values), labels, values
+        return [(values[0], v) for v in values], labels, values  # (search, replacement), applied per cell
     return values, labels, values
 
 
 def plan_cells(spec: GridSpec, index: LoraIndex) -> tuple[list[list[list[Cell]]], list[str], list]:
     """Cells as [z][y][x], the warnings, and the (labels, values) of the three axes."""
-    axes = [_axis(spec.x_kind, spec.x_values, spec), _axis(spec.y_kind, spec.y_values, spec),
-            _axis(spec.z_kind, spec.z_values, spec)]
+    axes = [_axis(spec.x_kind, spec.x_values), _axis(spec.y_kind, spec.y_values), _axis(spec.z_kind, spec.z_values)]
+    sampler = sampler_name(spec.sampler)
     warnings: list[str] = []
     grids = []
-    for z, (zv, zl) in enumerate(zip(axes[2][0], axes[2][1])):
+    for zv, zl in zip(axes[2][0], axes[2][1]):
         rows = []
         for yv, yl in zip(axes[1][0], axes[1][1]):
             row = []
             for xv, xl in zip(axes[0][0], axes[0][1]):
                 draft = {"prompt": spec.prompt, "negative": spec.negative, "cfg": spec.cfg, "seed": spec.seed,
-                         "steps": spec.steps, "sampler": spec.sampler, "checkpoint": "prompt", "weight": None}
-                for kind, value in ((spec.x_kind, xv), (spec.y_kind, yv), (spec.z_kind, zv)):
-                    _apply(kind, value, draft, index, warnings)
+                         "steps": spec.steps, "sampler": sampler, "checkpoint": "prompt", "weight": None,
+                         "changed": False}
+                for axis, (kind, value) in enumerate(((spec.x_kind, xv), (spec.y_kind, yv), (spec.z_kind, zv))):
+                    _apply(axis, kind, value, draft, index)
                 row.append(_finish(draft, index, warnings, (xl, yl, zl)))
             rows.append(row)
         grids.append(rows)
-    return grids, sorted(set(warnings)), [(a[1], a[2]) for a in axes]
+    searches = [values[0] for kind, values in zip((spec.x_kind, spec.y_kind, spec.z_kind), (a[2] for a in axes))
+                if kind == "prompt_sr" and values]
+    return grids, sorted({_reference_note(w, searches) for w in warnings}), [(a[1], a[2]) for a in axes]
+
+
+def _reference_note(warning: str, searches: list[str]) -> str:
+    """The Prompt S/R's first value leaves `<lora:NAME-chk:1>` as it is: naming no file, those cells are the
+    base-model reference row or column (the blog's `chk`), which is intended, not a typo to warn about."""
+    for search in searches:
+        name = f"'{search}'"
+        if warning.startswith("lora '") and search in warning.split("'")[1]:
+            lora = warning.split("'")[1]
+            return (f"the {name} cells render without a LoRA ('{lora}' names no file): the base-model reference, "
+                    "as in AUTOMATIC1111")
+    return warning
 
 
 def _finish(draft: dict, index: LoraIndex, warnings: list, labels: tuple) -> Cell:
@@ -159,6 +192,26 @@ def _finish(draft: dict, index: LoraIndex, warnings: list, labels: tuple) -> Cel
                 loras, labels)
 
 
+def files_used(grids: list[list[list[Cell]]]) -> list[str]:
+    """Which LoRA file(s) each column, row, grid or cell renders with, e.g. "column 4 -> NAME.safetensors":
+    per the first axis whose value alone decides the files, so the user sees what each label really used
+    (a Prompt S/R over epochs, the final epoch being NAME.safetensors, reads as one line per column)."""
+    cells = [cell for rows in grids for row in rows for cell in row]
+
+    def used(cell: Cell) -> str:
+        return ", ".join(Path(p).name for p, _, _ in cell.loras) or "no LoRA"
+
+    if len({used(c) for c in cells}) == 1:
+        return [f"every cell -> {used(cells[0])}"]
+    for axis, what in enumerate(("column", "row", "grid")):
+        by_label: dict[str, set] = {}
+        for cell in cells:
+            by_label.setdefault(cell.labels[axis], set()).add(used(cell))
+        if all(len(files) == 1 for files in by_label.values()):
+            return [f"{what} {label} -> {files.pop()}" for label, files in by_label.items()]
+    return ["cell " + " / ".join(label for label in c.labels if label) + f" -> {used(c)}" for c in cells]
+
+
 class Renderer:
     """A base model with LoRA files loaded on demand, once each; renders one cell at a time."""
 
@@ -171,7 +224,11 @@ class Renderer:
         self.adapters: dict[tuple, str] = {}
 
     def _adapter(self, path: Path) -> str:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as exc:  # moved (e.g. archived by Keep) after the grid was planned
+            raise CharLoRAError(f"LoRA file {path} cannot be read ({exc.strerror or exc}): was it moved or "
+                                "archived? Choose it again") from None
         key = (path.resolve(), stat.st_mtime_ns, stat.st_size)  # a retrained file of the same name is new
         if key not in self.adapters:
             name = f"lora{len(self.adapters)}"  # peft adapter names must be plain identifiers
@@ -198,47 +255,56 @@ class Renderer:
 
 def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, stop=None) -> GridResult:
     """Render every cell and save the grid PNG(s) and each cell with its parameters.
-    `progress(done, total, image)` is called after each cell; `stop()` returning True ends early."""
+
+    `progress(done, total, image)` is called after each cell; `stop()` returning True ends early: the
+    grid is still laid out whole, the cells not rendered in grey, and `message` says how far it got."""
     index = LoraIndex(spec.lora_folder)
     grids, warnings, labels = plan_cells(spec, index)
     renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
-    out = Path(spec.output_dir)
+    out = Path(spec.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    result = GridResult(warnings=warnings)
     total = sum(len(row) for rows in grids for row in rows)
+    result = GridResult(warnings=warnings, files_used=files_used(grids), total=total, output_dir=str(out))
     (x_labels, x_values), (y_labels, y_values), (z_labels, z_values) = labels
     hashes: dict = {}
-    done = 0
     for z, rows in enumerate(grids):
-        images = []
+        images = [[None] * len(row) for row in rows]  # None: not rendered, drawn grey
         for y, row in enumerate(rows):
-            images.append([])
             for x, cell in enumerate(row):
-                if stop is not None and stop():
+                if result.stopped or (stop is not None and stop()):
                     result.stopped = True
-                    return result
+                    continue
                 image = renderer.render(cell, spec.width, spec.height)
-                images[-1].append(image)
+                images[y][x] = image
                 params = cell_parameters(cell.prompt, cell.negative, cell.steps, cell.sampler, cell.cfg, cell.seed,
                                          spec.width, spec.height,
                                          [(Path(p).stem, t, u, _hash(p, hashes)) for p, t, u in cell.loras])
                 path = out / f"{spec.name}-{stamp}-z{z}-y{y}-x{x}.png"
                 save_png(image, path, {"parameters": params})
                 result.cells.append(str(path))
-                done += 1
+                result.done += 1
                 if progress is not None:
-                    progress(done, total, image)
+                    progress(result.done, total, image)
+        if not any(image is not None for row in images for image in row):
+            continue  # stopped before this grid began: nothing to lay out
         grid, _ = draw_grid(images, x_labels, y_labels, title=z_labels[z] or None)
         chunks = grid_text_chunks(spec.x_kind, x_values, spec.y_kind, y_values,
                                   z=(spec.z_kind, [z_values[z]]) if spec.z_kind != "nothing" else None,
                                   extra={"prompt": spec.prompt, "negative": spec.negative, "seed": str(spec.seed),
-                                         "steps": str(spec.steps), "sampler": spec.sampler,
-                                         "warnings": json.dumps(warnings)})
+                                         "steps": str(spec.steps), "sampler": sampler_name(spec.sampler),
+                                         "warnings": json.dumps(warnings),
+                                         "charlora.files": json.dumps(result.files_used),
+                                         **({"charlora.stopped": _how_far(result)} if result.stopped else {})})
         path = out / (f"{spec.name}-{stamp}" + (f"-z{z}" if len(grids) > 1 else "") + ".png")
         save_png(grid, path, chunks)
         result.grids.append(str(path))
+    result.message = _how_far(result)
     return result
+
+
+def _how_far(result) -> str:
+    return f"stopped after {result.done} of {result.total} images" if result.stopped else f"{result.total} images"
 
 
 def _hash(path, cache: dict) -> str:
@@ -250,20 +316,72 @@ def _hash(path, cache: dict) -> str:
     return cache[path]
 
 
-def seed_batch(renderer: Renderer, lora: Path | None, prompt: str, negative: str, seeds: list[int], output: Path,
-               steps: int = 20, cfg: float = 7.0, sampler: str = "euler_a", width: int = 512, height: int = 512,
-               weight: float = 1.0, columns: int = 4) -> tuple[Path, list]:
-    """The chosen checkpoint over several seeds, as one sheet: does the character hold?"""
-    clean, tags = parse_prompt(prompt)[:2]
-    loras = [(lora, weight, weight)] if lora is not None else []
-    images = []
-    for seed in seeds:
-        images.append(renderer.render(Cell(clean.strip(), negative, cfg, seed, steps, sampler, loras, ("", "", "")),
-                                      width, height))
-    sheet = make_sheet(images, [f"Seed: {s}" for s in seeds], columns)
-    save_png(sheet, output, {"charlora.seeds": json.dumps(seeds), "prompt": prompt,
-                             "lora": str(lora) if lora else "none"})
-    return output, images
+@dataclass(kw_only=True)
+class SeedBatchSpec(GenerationSettings):
+    """One checkpoint over several seeds, as one sheet: does the character hold?"""
+
+    base_model: str
+    prompt: str  # its <lora:...> tags are removed: the batch renders with `lora` alone
+    seeds: list
+    output: str  # the sheet's PNG file
+    lora: str = ""  # a path, a file name, or a name as the grid lists it (NAME-000002, NAME-2, NAME); "": none
+    lora_folder: str = "."  # where a name is looked up (and a relative path, first)
+    weight: float = 1.0
+    columns: int = 4
+
+
+@dataclass
+class SeedBatchResult:
+    sheet: str | None  # full path of the sheet PNG; None when stopped before the first image
+    images: list  # the PIL images, in seed order
+    seeds: list  # the seeds rendered
+    lora: str | None  # full path of the LoRA file used; None: the base model
+    stopped: bool = False
+    done: int = 0
+    total: int = 0
+    message: str = ""  # "8 images" or "stopped after 3 of 8 images"
+
+    @property
+    def files(self) -> list:
+        """Every file written."""
+        return [self.sheet] if self.sheet else []
+
+
+def seed_batch(spec: SeedBatchSpec, renderer: Renderer | None = None, progress=None, stop=None) -> SeedBatchResult:
+    """Render `spec.lora` over every seed and save the sheet. `progress(done, total, image)` is called
+    after each image; `stop()` returning True ends after the current image, keeping what was made."""
+    if not spec.seeds:
+        raise EvaluationError("a seed batch needs at least one seed (e.g. 1-8 or 3,5,7)")
+    lora = resolve_lora(spec.lora, spec.lora_folder)
+    sampler = sampler_name(spec.sampler)
+    clean = parse_prompt(spec.prompt)[0].strip()
+    negative = parse_prompt(spec.negative)[0].strip()
+    renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
+    loras = [(lora, spec.weight, spec.weight)] if lora is not None else []
+    total = len(spec.seeds)
+    result = SeedBatchResult(sheet=None, images=[], seeds=[], lora=str(lora.absolute()) if lora else None,
+                             total=total)
+    for seed in spec.seeds:
+        if stop is not None and stop():
+            result.stopped = True
+            break
+        cell = Cell(clean, negative, spec.cfg, int(seed), spec.steps, sampler, loras, ("", "", ""))
+        image = renderer.render(cell, spec.width, spec.height)
+        result.images.append(image)
+        result.seeds.append(int(seed))
+        result.done += 1
+        if progress is not None:
+            progress(result.done, total, image)
+    result.message = _how_far(result)
+    if result.images:
+        sheet = make_sheet(result.images, [f"Seed: {s}" for s in result.seeds], spec.columns)
+        output = Path(spec.output).absolute()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        save_png(sheet, output, {"charlora.seeds": json.dumps(result.seeds), "prompt": spec.prompt,
+                                 "lora": lora.name if lora else "none", "sampler": sampler,
+                                 **({"charlora.stopped": result.message} if result.stopped else {})})
+        result.sheet = str(output)
+    return result
 
 
 def cells_count(spec: GridSpec) -> int:

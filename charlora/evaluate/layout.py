@@ -24,7 +24,7 @@ from ..fileio import atomic_path
 from .prompts import AXIS_TITLES, EvaluationError, axis_label, parse_prompt
 
 TEXT = (0, 0, 0)
-MISSING = (128, 128, 128)  # a cell that failed to render
+MISSING = (128, 128, 128)  # a cell not rendered (failed, or the grid was stopped first)
 MIN_FONT = 6
 
 

@@ -3,7 +3,8 @@
 - `<lora:NAME:W>` tags: A1111's `modules/extra_networks.py` (`re_extra_net`, `ExtraNetworkParams`) and
   `extensions-builtin/Lora/extra_networks_lora.py` (weights, `te=`/`unet=`).
 - LoRA names: A1111's `networks.py` (file stem, else the `ss_output_name` alias when no other file
-  shares it). CharLoRA adds Kohya epoch names: `NAME-2` finds `NAME-000002.safetensors`.
+  shares it). CharLoRA adds Kohya epoch names: `NAME-2` finds `NAME-000002.safetensors`, and the last
+  epoch's `NAME-4` finds `NAME.safetensors` (Kohya saves the last epoch under the plain name).
 - Axis values: A1111's `scripts/xyz_grid.py` (`csv_string_to_list_strip`, `re_range*`, `apply_prompt`,
   `format_value_add_label`).
 """
@@ -115,6 +116,7 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
 
 # --------------------------------------------------------------------------- LoRA names -> files
 
+NO_LORA = ("none", "no lora", "no-lora", "base")  # LoRA names meaning the base model alone
 RE_KOHYA_EPOCH = re.compile(r"(.+)-(\d{6})")  # Kohya's epoch files: NAME-000002.safetensors
 RE_SHORT_EPOCH = re.compile(r"(.+)-(\d+)")
 
@@ -155,33 +157,45 @@ class LoraIndex:
         self.stems = {p.stem: p for p in self.files}
         self.epochs = _epoch_aliases(self.files)
         self._aliases: dict[str, list[Path]] | None = None
+        self._metadata: dict[Path, dict] = {}
         self.unreadable: list[str] = []  # files whose header could not be read (no alias from them)
+
+    def metadata(self, path: Path) -> dict:
+        """The file's safetensors metadata, read once; {} when unreadable (the reason goes to `unreadable`)."""
+        if path not in self._metadata:
+            from ..lora.kohya_file import read_header  # imports torch: only when a header is needed
+
+            try:
+                self._metadata[path] = read_header(path).metadata
+            except CharLoRAError as exc:
+                self.unreadable.append(str(exc))
+                self._metadata[path] = {}
+        return self._metadata[path]
 
     def aliases(self) -> dict[str, list[Path]]:
         """{ss_output_name: [files]}, read on first use (only names that are not stems need it)."""
         if self._aliases is None:
-            from ..lora.kohya_file import read_header  # imports torch: only when an alias is needed
-
             self._aliases = {}
             for path in self.files:
-                try:
-                    alias = read_header(path).metadata.get("ss_output_name")
-                except CharLoRAError as exc:
-                    self.unreadable.append(str(exc))
-                    continue
+                alias = self.metadata(path).get("ss_output_name")
                 if alias:
                     self._aliases.setdefault(alias, []).append(path)
         return self._aliases
 
     def resolve(self, name: str) -> tuple[Path | None, str | None]:
         """(path, None) or (None, warning). Order: exact file stem (A1111), Kohya epoch name
-        `NAME-<n>` -> `NAME-<n:06d>` (CharLoRA), then an `ss_output_name` no other file shares (A1111:
-        a shared alias is "forbidden" and only file names work)."""
+        `NAME-<n>` -> `NAME-<n:06d>` (CharLoRA), or `NAME.safetensors` when its ss_epoch is n (Kohya writes
+        the last epoch there, never as `NAME-<n:06d>`), then an `ss_output_name` no other file shares
+        (A1111: a shared alias is "forbidden" and only file names work)."""
         if name in self.stems:
             return self.stems[name], None
         m = RE_SHORT_EPOCH.fullmatch(name)
         if m and f"{m.group(1)}-{int(m.group(2))}" in self.epochs:
             return self.epochs[f"{m.group(1)}-{int(m.group(2))}"], None
+        if m and m.group(1) in self.stems:
+            final = self.stems[m.group(1)]
+            if self.metadata(final).get("ss_epoch", "").strip() == str(int(m.group(2))):
+                return final, None
         paths = self.aliases().get(name, [])
         if len(paths) == 1:
             return paths[0], None
@@ -191,6 +205,40 @@ class LoraIndex:
                           "so it names none of them: write the file name instead")
         return None, _not_found(name)
 
+    def names(self) -> list[str]:
+        """The names to offer a user: every file stem, in order."""
+        return [p.stem for p in self.files]
+
+
+def resolve_lora(name, folder) -> Path | None:
+    """One LoRA as a user names it (a seed batch, a UI field), resolved exactly as the grid resolves a
+    `<lora:NAME>` tag: None for "" or "none" (the base model); an existing file's path (absolute, or
+    relative to `folder`, then to the working folder); else a name in `folder`: `NAME-000002`, `NAME-2`,
+    `NAME` or an ss_output_name, with or without `.safetensors`. An unknown name raises EvaluationError
+    naming it and the names available."""
+    text = str(name or "").strip()
+    if not text or text.lower() in NO_LORA:
+        return None
+    folder, given = Path(folder or "."), Path(text).expanduser()
+    for candidate in ([given] if given.is_absolute() else [folder / given, given]):
+        if candidate.is_file():
+            return candidate
+    if not folder.is_dir():
+        raise EvaluationError(f"LoRA {text!r}: no such file, and the LoRA folder {folder} does not exist; give the "
+                              "file's path, or the folder that holds it")
+    index = LoraIndex(folder)
+    path, warning = index.resolve(re.sub(r"\.safetensors$", "", text, flags=re.I))
+    if path is not None:
+        return path
+    names = index.names()
+    if not names:
+        raise EvaluationError(f"LoRA {text!r} not found: {folder} holds no .safetensors files; choose the folder "
+                              "your training wrote to")
+    shown = ", ".join(names[:30]) + (f", ... ({len(names) - 30} more)" if len(names) > 30 else "")
+    detail = warning.split("; ", 1)[1] if "; " in (warning or "") else ""  # an ambiguous ss_output_name
+    raise EvaluationError(f"LoRA {text!r} not found in {folder}" + (f" ({detail})" if detail else "")
+                          + f"; available: {shown} (an epoch file also as NAME-<epoch>, e.g. NAME-2)")
+
 
 # --------------------------------------------------------------------------- X/Y/Z axes
 
@@ -198,7 +246,6 @@ AXIS_KINDS = ("prompt_sr", "cfg", "checkpoint", "lora_weight", "seed", "steps", 
 AXIS_TITLES = {"prompt_sr": "Prompt S/R", "cfg": "CFG Scale", "checkpoint": "LoRA checkpoint",
                "lora_weight": "LoRA weight", "seed": "Seed", "steps": "Steps", "sampler": "Sampler",
                "nothing": "Nothing"}
-NO_LORA = ("none", "no lora", "no-lora", "base")  # checkpoint values meaning the base model alone
 MAX_AXIS_VALUES = 1000
 
 # xyz_grid.py's regexes, verbatim (the unescaped "." in the float ones matches any character, as there)
@@ -320,17 +367,22 @@ def parse_axis_values(kind: str, text: str, choices=None) -> list:
     return values
 
 
-def prompt_sr(prompt: str, negative: str, values: list[str]) -> list[tuple[str, str]]:
-    """A1111's Prompt S/R (apply_prompt): each value replaces every occurrence of the first value in the
-    prompt and the negative prompt, so the first pair is the unchanged prompts."""
+def apply_prompt_sr(prompt: str, negative: str, search: str, value: str) -> tuple[str, str]:
+    """A1111's apply_prompt for one value: every occurrence of `search` in the prompt and the negative
+    prompt replaced by `value`; an error (as in A1111) when neither contains it."""
     prompt, negative = prompt or "", negative or ""
-    if not values or not values[0]:
-        raise EvaluationError("Prompt S/R needs values: the text to search for first, then its replacements")
-    search = values[0]
     if search not in prompt and search not in negative:
         raise EvaluationError(f"Prompt S/R did not find {search} in prompt or negative prompt. Put it in the "
                               "prompt, or make the first value a text the prompt contains.")
-    return [(prompt.replace(search, v), negative.replace(search, v)) for v in values]
+    return prompt.replace(search, value), negative.replace(search, value)
+
+
+def prompt_sr(prompt: str, negative: str, values: list[str]) -> list[tuple[str, str]]:
+    """A1111's Prompt S/R on one prompt: each value replaces every occurrence of the first value in the
+    prompt and the negative prompt, so the first pair is the unchanged prompts."""
+    if not values or not values[0]:
+        raise EvaluationError("Prompt S/R needs values: the text to search for first, then its replacements")
+    return [apply_prompt_sr(prompt, negative, values[0], v) for v in values]
 
 
 def axis_label(kind: str, value) -> str:

@@ -10,7 +10,6 @@ images, and the recommended checkpoint comes with its reasons (docs/evaluation.m
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from ..dataset.folders import scan_parent
 from ..dataset.images import load_rgb
 from ..errors import CharLoRAError
 from ..fileio import atomic_write_text
-from ..lora.kohya_file import read_header
+from ..train.sampling import sampler_name
 from .grid import Cell, GenerationSettings, Renderer
-from .keep import run_files_of
+from .keep import run_files
 from .prompts import parse_prompt
 from .score import BASELINE_NAME, load_embedder, score_images, score_report, tiny_clip
 
@@ -38,18 +37,6 @@ class ScoreSpec(GenerationSettings):
     caption_extension: str = ".txt"
 
 
-def checkpoint_epoch(path: Path) -> int | None:
-    """Epoch of a Kohya-named file (NAME-000004 -> 4); for the final file, its ss_epoch metadata."""
-    match = re.search(r"-(\d{6})$", path.stem)
-    if match:
-        return int(match.group(1))
-    try:
-        epoch = read_header(path).metadata.get("ss_epoch")
-        return int(epoch) if epoch and epoch.isdigit() else None
-    except CharLoRAError:
-        return None
-
-
 def training_images(train_data_dir: str, caption_extension: str) -> list:
     problems: list = []
     concepts = scan_parent(Path(train_data_dir), caption_extension, False, problems) \
@@ -62,10 +49,16 @@ def training_images(train_data_dir: str, caption_extension: str) -> list:
 
 
 def score_run(spec: ScoreSpec, renderer: Renderer | None = None, embedder=None, progress=None, stop=None) -> dict:
-    """Score every checkpoint of the run; returns (and writes) the report with the recommendation."""
+    """Score every checkpoint of the run; returns (and writes) the report with the recommendation.
+
+    `progress(done, total, image)` is called after each image; `stop()` returning True ends early with
+    {"stopped": True, "message", "images", "output_dir"}. The report also names what it did not score
+    ("other_runs": files of other runs with this name) and every file it wrote ("report_file", "images")."""
     if not [p for p in spec.prompts if p.strip()] or not spec.seeds:
         raise CharLoRAError("scoring needs at least one prompt and one seed (prompts: one per line; seeds: e.g. 1-4)")
-    files = run_files_of(Path(spec.lora_folder), spec.output_name)
+    sampler = sampler_name(spec.sampler)
+    run = run_files(Path(spec.lora_folder), spec.output_name)
+    files = run.files
     if not files:
         raise CharLoRAError(f"no LoRA files named {spec.output_name}-000001.safetensors ... {spec.output_name}"
                             f".safetensors in {spec.lora_folder}; check the folder and output_name")
@@ -74,10 +67,11 @@ def score_run(spec: ScoreSpec, renderer: Renderer | None = None, embedder=None, 
     renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
     train_embs = embedder.embed_images(training_images(spec.train_data_dir, spec.caption_extension))
     prompts = [parse_prompt(p)[0].strip() for p in spec.prompts]  # the checkpoint is applied, not named
-    out = Path(spec.output_dir)
+    out = Path(spec.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     total = (len(files) + 1) * len(prompts) * len(spec.seeds)
     done = 0
+    written: list[str] = []
 
     def render_all(lora: Path | None, label: str):
         nonlocal done
@@ -86,10 +80,12 @@ def score_run(spec: ScoreSpec, renderer: Renderer | None = None, embedder=None, 
             for seed in spec.seeds:
                 if stop is not None and stop():
                     raise StopScoring
-                cell = Cell(prompt, spec.negative, spec.cfg, seed, spec.steps, spec.sampler,
+                cell = Cell(prompt, spec.negative, spec.cfg, seed, spec.steps, sampler,
                             [(lora, 1.0, 1.0)] if lora else [], ("", "", ""))
                 image = renderer.render(cell, spec.width, spec.height)
-                image.save(out / f"score-{label}-p{p_index}-s{seed}.png")
+                path = out / f"score-{label}-p{p_index}-s{seed}.png"
+                image.save(path)
+                written.append(str(path))
                 images.append(image)
                 image_prompts.append(prompt)
                 done += 1
@@ -102,15 +98,24 @@ def score_run(spec: ScoreSpec, renderer: Renderer | None = None, embedder=None, 
         baseline = score_images(embedder, BASELINE_NAME, images, train_embs, image_prompts)
         scores = []
         for path in files:
+            info = run.checkpoints[path]
             images, image_prompts = render_all(path, path.stem)
-            scores.append(score_images(embedder, path.stem, images, train_embs, image_prompts,
-                                       epoch=checkpoint_epoch(path), baseline=baseline))
+            score = score_images(embedder, path.stem, images, train_embs, image_prompts, epoch=info.epoch,
+                                 baseline=baseline)
+            score.steps, score.label = info.steps, info.label
+            scores.append(score)
     except StopScoring:
-        return {"stopped": True}
+        return {"stopped": True, "message": f"stopped after {done} of {total} images", "images": written,
+                "output_dir": str(out)}
     report = score_report(scores, baseline, scorer=embedder.name)
-    report["files"] = {p.stem: str(p) for p in files}
+    report["files"] = {p.stem: str(p.absolute()) for p in files}
     report["recommended_file"] = report["files"][report["recommendation"]["name"]]
-    atomic_write_text(out / f"{spec.output_name}-scores.json", json.dumps(report, indent=2))
+    report["other_runs"] = [str(p.absolute()) for p in run.others]
+    report["other_runs_note"] = run.note()
+    report["output_dir"] = str(out)
+    report["report_file"] = str(out / f"{spec.output_name}-scores.json")
+    report["images"] = written
+    atomic_write_text(Path(report["report_file"]), json.dumps(report, indent=2))
     return report
 
 

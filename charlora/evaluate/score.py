@@ -373,6 +373,8 @@ class CheckpointScore:
     prompt_fidelity: float | None
     nearest_copy: float
     warnings: list[str] = field(default_factory=list)
+    steps: int | None = None  # training steps when the file was saved: orders step files among epochs
+    label: str | None = None  # how to call it ("epoch 3", "step 18 (during epoch 1)"); default from epoch
 
 
 @dataclass
@@ -382,6 +384,7 @@ class Recommendation:
     reasons: list[str]
     rule: str
     all_warned: bool = False  # True when every checkpoint had a warning (the fallback was used)
+    label: str | None = None  # "epoch 3", "step 18 (during epoch 1)"
 
 
 def _as_matrix(x) -> torch.Tensor:
@@ -468,11 +471,16 @@ def _all_warnings(score, baseline):
 
 
 def _label(score):
+    if score.label:
+        return score.label
     return f"epoch {score.epoch}" if score.epoch is not None else score.name
 
 
 def _in_order(scores):
-    """By epoch; those without an epoch (e.g. the final file) after, in list order."""
+    """In training order: by steps when every score has them (a step file falls between the epochs it
+    was saved between), else by epoch with those without one (e.g. a step file) after, in list order."""
+    if scores and all(s.steps is not None for s in scores):
+        return [s for _, s in sorted(enumerate(scores), key=lambda p: (p[1].steps, p[0]))]
     return [s for _, s in sorted(enumerate(scores), key=lambda p: (p[1].epoch is None, p[1].epoch or 0, p[0]))]
 
 
@@ -521,7 +529,7 @@ def recommend(scores, baseline=None, margin=IDENTITY_MARGIN) -> Recommendation:
     else:
         reasons.append("its warnings: " + "; ".join(next(w for s, w in pairs if s is chosen)))
     return Recommendation(name=chosen.name, epoch=chosen.epoch, reasons=reasons, rule=RULE.format(margin=margin),
-                          all_warned=not clean)
+                          all_warned=not clean, label=_label(chosen))
 
 
 def _round(x):
@@ -529,7 +537,8 @@ def _round(x):
 
 
 def _row(score, warnings, is_baseline=False):
-    return {"name": score.name, "epoch": score.epoch, "identity": _round(score.identity),
+    return {"name": score.name, "label": _label(score), "epoch": score.epoch, "steps": score.steps,
+            "identity": _round(score.identity),
             "consistency": _round(score.consistency), "prompt_fidelity": _round(score.prompt_fidelity),
             "nearest_copy": _round(score.nearest_copy), "warnings": list(warnings), "baseline": is_baseline}
 
@@ -548,6 +557,6 @@ def score_report(scores, baseline=None, margin=IDENTITY_MARGIN, scorer=None) -> 
         "thresholds": {"copy_threshold": COPY_THRESHOLD, "prompt_margin": PROMPT_MARGIN, "identity_margin": margin},
         "rule": RULE.format(margin=margin),
         "rows": scores_table(scores, baseline),
-        "recommendation": None if rec is None else {"name": rec.name, "epoch": rec.epoch, "reasons": rec.reasons,
-                                                    "all_warned": rec.all_warned},
+        "recommendation": None if rec is None else {"name": rec.name, "label": rec.label, "epoch": rec.epoch,
+                                                    "reasons": rec.reasons, "all_warned": rec.all_warned},
     }

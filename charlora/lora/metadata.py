@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import random
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,7 +47,9 @@ KOHYA_OPTIMIZER_CLASSES = {
 class RunInfo:
     """What the trainer knows about the run beyond the config (filled as it goes)."""
 
-    session_id: int = field(default_factory=lambda: random.randint(0, 2**32))
+    # One id per training run, never from the seeded RNGs: two runs with the same seed must not share it
+    # (other tools group a run's files by it). sd-scripts draws it before seeding; a resume restores it.
+    session_id: int = field(default_factory=lambda: secrets.randbelow(2**32))
     started_at: float = field(default_factory=time.time)
     seed: int | None = None
     num_train_images: int = 0  # samples per epoch, repeats included (Kohya's meaning)

@@ -71,6 +71,13 @@ class Param:
     step: float | None = None
     ui_max: float | None = None  # a slider's upper end when `max` is far beyond useful values
     value_map: tuple = ()  # (old Kohya value, value) pairs, e.g. xformers: (True, "xformers")
+    label: str = ""  # the GUI's human label, as Kohya's GUI words it ("Network Rank (Dimension)")
+    main: bool = False  # one of the ten settings most runs change: shown first, on one screen
+
+    @property
+    def title(self) -> str:
+        """The label a person reads (the key, made readable, where no label is declared)."""
+        return self.label or self.key.replace("_", " ").capitalize()
 
     # ------------------------------------------------------------------ reading
     def coerce(self, raw: Any) -> Any:

@@ -2,8 +2,11 @@
 
 LoRA files: `NAME-000001.safetensors` per saved epoch, `NAME-step00000300.safetensors` per saved
 step, `NAME.safetensors` at the end. A training state (`NAME-000001-state/`, ...) holds what a resumed
-run needs to continue exactly: LoRA weights in fp32, optimizer, scheduler, every RNG, and the position
-(epoch, batch within the epoch, global step). States are written to a temporary folder and renamed.
+run needs to continue exactly: LoRA weights in fp32, optimizer, scheduler, every RNG, the position
+(epoch, batch within the epoch, global step), the run's `ss_session_id`, the running sum of this
+epoch's losses (so the epoch average continues) and the loss history (`losses.json`: (step, loss,
+epoch average) points, thinned to MAX_HISTORY_POINTS). States are written to a temporary folder and
+renamed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,18 @@ from safetensors.torch import load_file, save_file
 from ..errors import CharLoRAError
 from ..fileio import atomic_write_text
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: + session_id, epoch loss sum, losses.json (format 1 still resumes, without them)
+READABLE_FORMATS = (1, 2)
+MAX_HISTORY_POINTS = 10_000  # loss points kept in a state: a 100k-step run's history stays ~0.5 MB
+
+
+def thin_points(points, limit: int) -> list:
+    """At most `limit` points, evenly spaced over the list, the first and the last one kept."""
+    points = list(points)
+    if len(points) <= limit:
+        return points
+    stride = len(points) / (limit - 1)
+    return [points[int(i * stride)] for i in range(limit - 1)] + [points[-1]]
 
 
 def epoch_file(output_dir: Path, name: str, epoch: int) -> Path:
@@ -112,10 +126,14 @@ class Position:
     step: int  # optimizer steps done
     seed: int
     total_steps: int
+    session_id: int | None = None  # the run's ss_session_id (None: a format-1 state, which had none)
+    epoch_loss_sum: float = 0.0  # the losses of this epoch's steps so far, summed in step order
+    epoch_loss_count: int = 0
 
 
 def save_state(folder: Path, lora_weights: dict, optimizer, scheduler, noise_generator: torch.Generator,
-               position: Position, loss_history: list[float], scaler=None) -> Path:
+               position: Position, history: list, scaler=None) -> Path:
+    """`history`: the run's (step, loss, epoch average) points; thinned to MAX_HISTORY_POINTS here."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         tensors = {}
@@ -134,8 +152,11 @@ def save_state(folder: Path, lora_weights: dict, optimizer, scheduler, noise_gen
         torch.save(rng, tmp / "rng.pt")
         py_version, py_state, py_gauss = random.getstate()
         np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+        points = thin_points(history, MAX_HISTORY_POINTS)
+        (tmp / "losses.json").write_text(json.dumps({"points": [[int(step), float(loss), float(average)]
+                                                                  for step, loss, average in points]}))
         (tmp / "position.json").write_text(json.dumps({
-            "format": STATE_FORMAT, **asdict(position), "loss_history": loss_history,
+            "format": STATE_FORMAT, **asdict(position),
             "python_rng": [py_version, list(py_state), py_gauss],
             "numpy_rng": [np_kind, np_keys.tolist(), np_pos, np_has_gauss, np_gauss]}))
         if folder.exists():
@@ -157,7 +178,7 @@ class LoadedState:
     scheduler: dict
     rng: dict
     position: Position
-    loss_history: list
+    history: list  # (step, loss, epoch average) points; empty for a format-1 state
     scaler: dict | None = None
 
 
@@ -169,13 +190,19 @@ def load_state(folder: str | Path) -> LoadedState:
         raise CharLoRAError(f"resume: {str(folder)!r} is not a CharLoRA training state (missing "
                             f"{', '.join(missing) or 'the folder'}); choose a folder like NAME-000004-state")
     info = json.loads((folder / "position.json").read_text())
-    if info.get("format") != STATE_FORMAT:
-        raise CharLoRAError(f"resume: {folder} was written by another CharLoRA version (format {info.get('format')})")
+    if info.get("format") not in READABLE_FORMATS:
+        raise CharLoRAError(f"resume: {folder} was written by another CharLoRA version (state format "
+                            f"{info.get('format')}; this version reads {', '.join(map(str, READABLE_FORMATS))}); "
+                            "resume it with the version that wrote it, or start a new run")
     tensors = load_file(str(folder / "lora.safetensors"))
     names = sorted({k.rsplit(".lora_down.weight", 1)[0] for k in tensors if k.endswith(".lora_down.weight")})
     weights = {n: (tensors[f"{n}.lora_down.weight"], tensors[f"{n}.lora_up.weight"], float(tensors[f"{n}.alpha"]))
                for n in names}
-    position = Position(**{k: info[k] for k in ("epoch", "batch", "step", "seed", "total_steps")})
+    position = Position(**{k: info[k] for k in ("epoch", "batch", "step", "seed", "total_steps")},
+                        **{k: info[k] for k in ("session_id", "epoch_loss_sum", "epoch_loss_count") if k in info})
+    history_path = folder / "losses.json"
+    history = [(int(step), float(loss), float(average))
+               for step, loss, average in json.loads(history_path.read_text())["points"]] if history_path.is_file() else []
     rng = torch.load(folder / "rng.pt", weights_only=True)  # never unpickle code, even from our own files
     version, state, gauss = info["python_rng"]
     rng["python"] = (version, tuple(state), gauss)
@@ -183,8 +210,7 @@ def load_state(folder: str | Path) -> LoadedState:
     rng["numpy"] = (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
     scaler = torch.load(folder / "scaler.pt", weights_only=True) if (folder / "scaler.pt").is_file() else None
     return LoadedState(folder, weights, torch.load(folder / "optimizer.pt", weights_only=True),
-                       torch.load(folder / "scheduler.pt", weights_only=True), rng, position,
-                       info.get("loss_history", []), scaler)
+                       torch.load(folder / "scheduler.pt", weights_only=True), rng, position, history, scaler)
 
 
 def restore_rng(rng: dict, noise_generator: torch.Generator) -> None:

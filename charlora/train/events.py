@@ -38,6 +38,7 @@ class RunStarted(Event):
     optimizer: str
     seed: int
     start_step: int = 0  # > 0 when resumed
+    history: tuple = ()  # when resumed: the earlier steps' (step, loss, epoch average) points, from the state
 
     def summary_lines(self) -> list[str]:
         """What the run will do, as the CLI prints it before step 1 and the GUI shows it."""

@@ -46,6 +46,48 @@ SAMPLERS = {
     "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
     "k_dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
 }
+# AUTOMATIC1111's display names -> Kohya's name when one is the same sampler, else the diffusers scheduler
+# its documentation gives as the equivalent (same classes as above, with Karras sigmas or the SDE variant).
+A1111_SAMPLERS = {
+    "Euler a": "euler_a",
+    "Euler": "euler",
+    "LMS": "lms",
+    "Heun": "heun",
+    "DPM2": "dpm_2",
+    "DPM2 a": "dpm_2_a",
+    "DPM++ 2M": "dpmsolver++",
+    "DDIM": "ddim",
+    "PLMS": "pndm",
+    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
+    "DPM2 Karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
+    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++",
+                                                            "use_karras_sigmas": True}),
+}
+# Every name a grid, seed batch or score accepts (case-insensitively), for a dropdown: Kohya's, then A1111's
+# ("Euler", "DDIM", "LMS", "Heun" are Kohya's names in other case, so they are listed once, Kohya's way).
+SAMPLER_CHOICES = tuple(SAMPLERS) + tuple(n for n in A1111_SAMPLERS if n.lower() not in SAMPLERS)
+_BY_LOWER = {n.lower(): n for n in SAMPLER_CHOICES}
+
+
+def sampler_name(name: str, setting: str = "sampler") -> str:
+    """The accepted spelling of a Kohya or A1111 sampler name, matched case-insensitively; `setting` names
+    the option in the message when the name is not known."""
+    found = _BY_LOWER.get(str(name or "").strip().lower())
+    if found is None:
+        raise CharLoRAError(f"{setting} {name!r} is not known; choose one of: {', '.join(SAMPLER_CHOICES)}")
+    return found
+
+
+def _scheduler(name: str, setting: str = "sampler") -> tuple[str, dict]:
+    """(diffusers class name, extra config) of a Kohya or A1111 sampler name."""
+    name = sampler_name(name, setting)
+    entry = A1111_SAMPLERS.get(name, name)
+    return SAMPLERS[entry] if isinstance(entry, str) else entry
+
+
 # The parts of the model's scheduler config that sd-scripts also sets (to SD's values).
 _NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
 PNDM_MIN_STEPS = 4  # PNDM's Runge-Kutta warm-up needs at least 4 inference steps
@@ -131,12 +173,11 @@ def parse_prompts(text: str, defaults: dict | None = None) -> list[SamplePrompt]
 
 
 def make_sampler(name: str, scheduler_config):
-    """A fresh diffusers scheduler for Kohya's sampler `name`, on the noise schedule of `scheduler_config`."""
+    """A fresh diffusers scheduler for sampler `name` (Kohya's or A1111's), on the noise schedule of
+    `scheduler_config`."""
     import diffusers
 
-    if name not in SAMPLERS:
-        raise CharLoRAError(f"sample_sampler {name!r} is not known; choose one of: {', '.join(SAMPLERS)}")
-    class_name, extra = SAMPLERS[name]
+    class_name, extra = _scheduler(name, "sample_sampler")
     config = {key: scheduler_config[key] for key in _NOISE_SCHEDULE_KEYS if key in scheduler_config}
     try:
         with warnings.catch_warnings():
@@ -157,7 +198,7 @@ def _embeddings(pipe, prompts, device, clip_skip, max_token_length):
     return encode(pipe.text_encoder, ids, clip_skip, max_token_length)
 
 
-def generate_samples(pipe, prompts, sampler_name, device, clip_skip=None, max_token_length=75):
+def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_length=75):
     """One image per prompt with `pipe` (a StableDiffusionPipeline already holding the LoRA).
 
     Each prompt's seed seeds its own CPU generator (a prompt without --d gets a random seed); the
@@ -170,8 +211,8 @@ def generate_samples(pipe, prompts, sampler_name, device, clip_skip=None, max_to
     images = []
     try:
         for sample in prompts:
-            name = sample.sampler or sampler_name
-            if name == "pndm" and sample.steps < PNDM_MIN_STEPS:
+            name = sample.sampler or sampler
+            if _scheduler(name)[0] == "PNDMScheduler" and sample.steps < PNDM_MIN_STEPS:
                 raise CharLoRAError(
                     f"sample prompt {sample.prompt!r}: the pndm sampler needs at least {PNDM_MIN_STEPS} steps "
                     f"(--s {sample.steps}); raise --s or choose another sampler"

@@ -69,7 +69,7 @@ class RunResult:
     steps: int = 0
     files: list = field(default_factory=list)
     last_good_file: str | None = None
-    losses: list = field(default_factory=list)
+    losses: list = field(default_factory=list)  # each step's loss; a resumed run's starts with the saved history
     phase_times: list = field(default_factory=list)  # per step {"data", "forward", "backward", "optimizer"} (profile)
 
 
@@ -101,7 +101,9 @@ class Trainer:
         self.emit = emit
         self.stop = stop
         self.files: list[str] = []
-        self.losses: list[float] = []
+        self.history: list[tuple[int, float, float]] = []  # (step, loss, epoch average), restored on resume
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0  # the epoch average, summed in step order
+        self.session_id: int | None = None  # the stopped run's ss_session_id, on resume (RunInfo draws a new run's)
         self.global_step = 0
         self.epoch = 1
 
@@ -125,8 +127,8 @@ class Trainer:
         if status == "failed":
             self.emit(Message("error", message))
         self.emit(RunFinished(status, message, self.global_step, list(self.files), last_good))
-        return RunResult(status, message, self.global_step, list(self.files), last_good, list(self.losses),
-                         list(self.phase_times))
+        return RunResult(status, message, self.global_step, list(self.files), last_good,
+                         [loss for _, loss, _ in self.history], list(self.phase_times))
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -195,7 +197,7 @@ class Trainer:
             buckets={f"{w}x{h}": n for (w, h), n in self.plan.bucket_counts.items()},
             batch_size=v["train_batch_size"], processes=self.world, device=str(self.device),
             precision=self.precision.label, attention=self.attention, optimizer=optimizer_label, seed=self.seed,
-            start_step=self.global_step))
+            start_step=self.global_step, history=tuple(self.history)))
 
     @torch.no_grad()
     def _cache_text_states(self) -> dict | None:
@@ -224,7 +226,9 @@ class Trainer:
         if self.main:
             legacy, full = source_model_hashes(v["pretrained_model_name_or_path"])
         info = dataset_info(self.plan)
-        return RunInfo(seed=self.seed, num_train_images=self.plan.num_train_samples,
+        # a resumed run keeps its run's ss_session_id, so its files group with the stopped run's
+        restored = {"session_id": self.session_id} if self.session_id is not None else {}
+        return RunInfo(**restored, seed=self.seed, num_train_images=self.plan.num_train_samples,
                        num_reg_images=self.plan.num_reg_samples, num_batches_per_epoch=self.plan.batches_per_epoch,
                        num_epochs=self.total_epochs, max_train_steps=self.total_steps, lr_warmup_steps=self.warmup,
                        total_batch_size=self.plan.global_batch_size * v["gradient_accumulation_steps"],
@@ -246,9 +250,14 @@ class Trainer:
         ckpt.restore_rng(state.rng, self.noise_generator)
         if state.scaler is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(state.scaler)
-        self.epoch, self.start_batch, self.global_step = state.position.epoch, state.position.batch, \
-            state.position.step
-        self.losses = list(state.loss_history)
+        position = state.position
+        self.epoch, self.start_batch, self.global_step = position.epoch, position.batch, position.step
+        self.history = list(state.history)
+        self.epoch_loss_sum, self.epoch_loss_count = position.epoch_loss_sum, position.epoch_loss_count
+        self.session_id = position.session_id
+        if position.session_id is None:
+            self.emit.info(f"resume: {folder} is from an older CharLoRA (state format 1): the loss chart starts at "
+                           f"step {self.global_step} and the files get a new ss_session_id")
         if state.position.total_steps != self.total_steps:
             self.emit.warn(f"resume: the saved run had {state.position.total_steps} steps in total, this config "
                            f"gives {self.total_steps}; continuing to {self.total_steps}")
@@ -261,7 +270,6 @@ class Trainer:
         v = self.values
         accumulate = v["gradient_accumulation_steps"]
         recent = deque(maxlen=20)
-        epoch_losses: list[float] = []
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._stop_step, self._stop_decision = -1, False
         full_loader = make_loader(self.dataset, v)
@@ -302,7 +310,7 @@ class Trainer:
                     steps = len(self._pending)
                     recent.extend([(now - last_tick) / steps] * steps)
                     last_tick = now
-                    self._flush_losses(epoch_losses, recent)
+                    self._flush_losses(recent)
                 self._after_step(batches_done)
                 if self.global_step >= self.total_steps:
                     break
@@ -312,7 +320,7 @@ class Trainer:
                     return self._stopped(batches_done)
             self._after_epoch()
             self.start_batch = 0
-            epoch_losses = []
+            self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
             self.epoch += 1
         if self.main:
             self._save(ckpt.final_file(self.output_dir, self.name), self.total_epochs)
@@ -344,7 +352,7 @@ class Trainer:
         self._stop_step, self._stop_decision = self.global_step, requested
         return requested
 
-    def _flush_losses(self, epoch_losses: list[float], recent: deque) -> None:
+    def _flush_losses(self, recent: deque) -> None:
         stacked = torch.stack([loss for _, loss in self._pending]).float()
         if self.world > 1:  # every process sees the same losses, so a NaN stops all of them together
             torch.distributed.all_reduce(stacked)
@@ -358,9 +366,11 @@ class Trainer:
                     f"the loss became {value} at step {step} (epoch {self.epoch}); training stopped. "
                     + (f"The last good file is {self.files[-1]}. " if self.files else "")
                     + "Try a lower learning rate, mixed_precision bf16, or turning off full_fp16.")
-            self.losses.append(value)
-            epoch_losses.append(value)
-            self._report_step(step, value, epoch_losses, recent)
+            self.epoch_loss_sum += value
+            self.epoch_loss_count += 1
+            average = self.epoch_loss_sum / self.epoch_loss_count
+            self.history.append((step, value, average))
+            self._report_step(step, value, average, recent)
 
     def _forward(self, batch: dict) -> torch.Tensor:
         v = self.values
@@ -440,12 +450,11 @@ class Trainer:
         # with a scaler, inf gradients are normal (the step is skipped and the scale lowered)
         return None if self.precision.use_grad_scaler or norm is None else norm.detach()
 
-    def _report_step(self, step: int, loss: float, epoch_losses: list[float], recent: deque) -> None:
+    def _report_step(self, step: int, loss: float, average: float, recent: deque) -> None:
         lrs = {name: group["lr"] for name, group in zip(self.group_names, self.optimizer.param_groups)}
         per_step = sum(recent) / len(recent)
         it_per_s = 1.0 / per_step if per_step > 0 else 0.0
         eta = (self.total_steps - step) * per_step
-        average = sum(epoch_losses) / len(epoch_losses)
         self.emit(Step(step, self.epoch, loss, average, lrs, it_per_s, eta))
         if self.writer is not None:
             self.writer.add_scalar("loss/current", loss, step)
@@ -484,7 +493,7 @@ class Trainer:
 
     def _stopped(self, batches_done: int) -> tuple[str, str]:
         if self._pending:  # every step is checked (and reported) before anything is saved
-            self._flush_losses([], deque(maxlen=1))
+            self._flush_losses(deque(maxlen=1))
         message = f"stopped at step {self.global_step} of {self.total_steps} (epoch {self.epoch})"
         if self.stop.save and self.main:
             path = ckpt.step_file(self.output_dir, self.name, self.global_step)
@@ -504,11 +513,15 @@ class Trainer:
         return path
 
     def _save_state(self, folder: Path, batches_done: int) -> Path:
-        epoch, batch = (self.epoch + 1, 0) if batches_done >= len(self.dataset) else (self.epoch, batches_done)
+        if batches_done >= len(self.dataset):  # the epoch is complete: a resume starts the next one afresh
+            epoch, batch, loss_sum, loss_count = self.epoch + 1, 0, 0.0, 0
+        else:
+            epoch, batch, loss_sum, loss_count = self.epoch, batches_done, self.epoch_loss_sum, self.epoch_loss_count
         position = ckpt.Position(epoch=epoch, batch=batch, step=self.global_step, seed=self.seed,
-                                 total_steps=self.total_steps)
+                                 total_steps=self.total_steps, session_id=self.run_info.session_id,
+                                 epoch_loss_sum=loss_sum, epoch_loss_count=loss_count)
         ckpt.save_state(folder, self.network.kohya_tensors(), self.optimizer, self.lr_scheduler,
-                        self.noise_generator, position, self.losses, self.scaler)
+                        self.noise_generator, position, self.history, self.scaler)
         self.emit(Saved(str(folder), self.epoch, self.global_step, kind="state"))
         return folder
 

@@ -22,6 +22,30 @@ def _quiet_gradio() -> None:
     warnings.filterwarnings("ignore", message="The copy keyword is deprecated", module="gradio")
 
 
+def theme():
+    """Gradio's default theme, with system fonts behind the bundled one."""
+    import gradio as gr
+
+    return gr.themes.Default(font=[gr.themes.LocalFont("Source Sans Pro", weights=(400, 600)),
+                                   "ui-sans-serif", "system-ui", "sans-serif"])
+
+
+# Bold text uses the bundled semibold face: at 700 and above the browser picked another face for some
+# glyphs ("CharLoRᴀ", "VRᴀM"). Tables wrap long cells instead of clipping them ("no caption ... caption").
+CSS = """
+h1, h2, h3, strong, b, th { font-weight: 600 !important; }
+.charlora-table td, .charlora-table th { white-space: normal !important; overflow-wrap: anywhere; }
+.charlora-table td span, .charlora-table td div { white-space: normal !important; overflow: visible !important;
+  text-overflow: clip !important; }
+"""
+
+
+def serve(demo, host: str = "127.0.0.1", port: int = 7860, auth=None, **kwargs):
+    """Launch the app (the tests use this too, so they see the same theme and styles)."""
+    # server_name and share are explicit: GRADIO_SERVER_NAME / GRADIO_SHARE would override defaults
+    return demo.launch(server_name=host, server_port=port, share=False, auth=auth, theme=theme(), css=CSS, **kwargs)
+
+
 def build_app():
     import gradio as gr
 
@@ -41,7 +65,7 @@ def build_app():
                 evaluation = evaluation_tab.build()
         timer = gr.Timer(1.0)
         # events are wired once every tab exists: the Dataset and Training tabs read the Parameters controls
-        parameters_tab.wire(params)
+        parameters_tab.wire(params, demo)
         dataset_tab.wire(dataset, params)
         training_tab.wire(training, params, demo, timer)
         evaluation_tab.wire(evaluation, params, demo, timer)
@@ -87,8 +111,7 @@ def main(argv=None) -> None:
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     print(f"CharLoRA: starting on http://{host}:{args.port}", file=sys.stderr)
     try:
-        # server_name and share are explicit: GRADIO_SERVER_NAME / GRADIO_SHARE would override defaults
-        demo.launch(server_name=host, server_port=args.port, share=False, auth=auth)
+        serve(demo, host, args.port, auth)
     finally:
         from ..train import current_job
 

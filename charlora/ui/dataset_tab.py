@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import recent
 from ..dataset import DatasetError, check_dataset, prepare_dataset
 from ..errors import CharLoRAError, ConfigError
 from .parameters_tab import ParametersTab, current_config
@@ -41,19 +42,22 @@ def build() -> DatasetTab:
             images = gr.Textbox(label="Your pictures (a folder)", elem_id="prep-images")
             dest = gr.Textbox(label="Project folder to create", elem_id="prep-dest")
         with gr.Row():
-            trigger = gr.Textbox(label="Trigger word", placeholder="wwaa", elem_id="prep-trigger")
-            class_word = gr.Textbox(label="Class word", placeholder="girl", elem_id="prep-class")
+            trigger = gr.Textbox(label="Trigger word", info="a rare word your prompts will use, e.g. wwaa",
+                                 elem_id="prep-trigger")
+            class_word = gr.Textbox(label="Class word", info="what the character is, e.g. girl", elem_id="prep-class")
             repeats = gr.Number(label="Repeats", value=10, precision=0, minimum=1, maximum=10000)
-            captions = gr.Checkbox(label="Write a starter caption per image", value=True)
+            captions = gr.Checkbox(label="Write a starter caption for pictures without one", value=True)
         prepare = gr.Button("Prepare", elem_id="prep-run")
-        prepare_message = gr.Markdown("")
+        prepare_message = gr.Markdown("", elem_id="prep-message")
     check = gr.Button("Check dataset", variant="primary", elem_id="dataset-check")
     summary = gr.Markdown("", elem_id="dataset-summary")
+    # full width, wrapped: a problem is a sentence and must be readable at 1280 px
+    problems = gr.Dataframe(headers=["file", "problem"], label="Problems", wrap=True, interactive=False,
+                            column_widths=["35%", "65%"], elem_id="dataset-problems", elem_classes="charlora-table")
     with gr.Row():
-        problems = gr.Dataframe(headers=["file", "problem"], label="Problems", wrap=True, interactive=False,
-                                elem_id="dataset-problems")
         buckets = gr.Dataframe(headers=["bucket", "images", "samples per epoch"], label="Buckets",
-                               interactive=False, elem_id="dataset-buckets")
+                               interactive=False, elem_id="dataset-buckets", scale=1)
+        gr.Markdown("", scale=1)
     thumbnails = gr.Gallery(label="Images", columns=8, height=220, elem_id="dataset-images")
     return DatasetTab(check, summary, problems, buckets, thumbnails, images, dest, trigger, class_word, repeats,
                       captions, prepare, prepare_message)
@@ -102,19 +106,35 @@ def wire(tab: DatasetTab, params: ParametersTab) -> None:
         buckets = [[size, n, d["bucket_samples"][size]] for size, n in d["buckets"].items()]
         return "\n".join(lines), problems, buckets, _thumbnails(report)
 
-    def prepare(images, dest, trigger, class_word, repeats, captions):
+    def prepare(data):
         try:
-            result = prepare_dataset(images, dest, trigger, class_word, int(repeats or 10), write_captions=captions)
+            # captions are saved under the Parameters tab's caption extension, the one training will read
+            extension = current_config(params, data).values["caption_extension"]
+        except ConfigError:
+            extension = None  # a bad value elsewhere in the form must not block preparing the folders
+        try:
+            result = prepare_dataset(data[tab.images], data[tab.dest], data[tab.trigger], data[tab.class_word],
+                                     int(data[tab.repeats] or 0), write_captions=data[tab.captions],
+                                     caption_extension=extension)
         except CharLoRAError as exc:
-            return ("**Not done.** " + str(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        text = (f"Copied {result.copied} images to `{result.concept_dir}`"
-                + (f", wrote {result.captions_written} starter captions" if result.captions_written else "")
-                + ". The folders are set in the Parameters tab; put regularisation folders (like `1_girl`) in "
-                f"`{result.reg_dir}`." + ("\n\n" + "\n".join(f"- {s}" for s in result.skipped) if result.skipped else ""))
-        return text, str(result.img_dir), str(result.model_dir), str(result.log_dir), f"{trigger}-{class_word}"
+            return {tab.prepare_message: "**Not done.** " + str(exc)}
+        lines = result.summary_lines()
+        text = (lines[0][0].upper() + lines[0][1:] + "."
+                + "".join(f"\n- {line}" for line in lines[1:])
+                + f"\n\nThe Parameters tab now points at these folders (images `{result.img_dir}`, output "
+                f"`{result.model_dir}`); put regularisation folders (like `1_girl`) in `{result.reg_dir}`."
+                + ("\n\n" + "\n".join(f"- {s}" for s in result.skipped) if result.skipped else ""))
+        trigger, class_word = data[tab.trigger].strip(), data[tab.class_word].strip()
+        recent.remember({"train_data_dir": str(result.img_dir), "output_dir": str(result.model_dir),
+                         "logging_dir": str(result.log_dir)})
+        controls = params.controls
+        return {tab.prepare_message: text, controls["train_data_dir"]: str(result.img_dir),
+                controls["output_dir"]: str(result.model_dir), controls["logging_dir"]: str(result.log_dir),
+                controls["output_name"]: f"{trigger}-{class_word}"}
 
     tab.check.click(check, inputs=params.components(),
                     outputs=[tab.summary, tab.problems, tab.buckets, tab.thumbnails])
-    tab.prepare.click(prepare, inputs=[tab.images, tab.dest, tab.trigger, tab.class_word, tab.repeats, tab.captions],
+    tab.prepare.click(prepare, inputs={tab.images, tab.dest, tab.trigger, tab.class_word, tab.repeats, tab.captions,
+                                       *params.components()},
                       outputs=[tab.prepare_message, params.controls["train_data_dir"], params.controls["output_dir"],
                                params.controls["logging_dir"], params.controls["output_name"]])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import presets
+from .. import presets, recent
 from ..errors import CharLoRAError, ConfigError
 from ..params import GROUPS, PARAMS, PARAMS_BY_KEY, LoadedConfig, Param, defaults, load_config, normalize
 
@@ -33,6 +33,7 @@ class ParametersTab:
     message: object
     estimate_button: object
     estimate: object
+    pickers: dict  # key -> "Recent" dropdown beside a path field
 
     def components(self) -> set:
         return set(self.controls.values())
@@ -46,11 +47,12 @@ def _display(param: Param, value):
 
 
 def control_for(param: Param, value):
-    """The Gradio control for one parameter (elem_id = param-<Kohya key>)."""
+    """The Gradio control for one parameter (elem_id = param-<Kohya key>): a human label, with Kohya's key
+    and the help below it, as Kohya's GUI shows them."""
     import gradio as gr
 
-    common = dict(label=param.key, info=param.help, value=_display(param, value), elem_id=f"param-{param.key}",
-                  interactive=param.effect != "ignored")
+    common = dict(label=param.title, info=f"{param.key} · {param.help}", value=_display(param, value),
+                  elem_id=f"param-{param.key}", interactive=param.effect != "ignored")
     if param.kind == "bool":
         return gr.Checkbox(**common)
     if param.choices:
@@ -66,11 +68,39 @@ def control_for(param: Param, value):
     return gr.Textbox(lines=lines, max_lines=20 if lines > 1 else 1, **common)
 
 
+def _path_control(param: Param, value, controls: dict, pickers: dict) -> None:
+    """A path field with a dropdown beside it of the paths used before (and checkpoints found)."""
+    import gradio as gr
+
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=4, min_width=320):
+            controls[param.key] = control_for(param, value)
+        with gr.Column(scale=2, min_width=200):
+            pickers[param.key] = gr.Dropdown(choices=recent.choices_for(param.key), value=None, label="Recent",
+                                             info="pick one to fill the field", elem_id=f"recent-{param.key}")
+
+
+def _controls(members: list, values: dict, controls: dict, pickers: dict, columns: int = 1) -> None:
+    import gradio as gr
+
+    simple = []
+    for p in members:
+        if p.key in recent.REMEMBERED:
+            _path_control(p, values[p.key], controls, pickers)
+        else:
+            simple.append(p)
+    for start in range(0, len(simple), columns):
+        with gr.Row(equal_height=True):
+            for p in simple[start:start + columns]:
+                controls[p.key] = control_for(p, values[p.key])
+
+
 def build() -> ParametersTab:
     import gradio as gr
 
     values = defaults()
     controls: dict = {}
+    pickers: dict = {}
     with gr.Row():
         preset = gr.Dropdown(label="Preset", choices=_preset_choices(), value=None, elem_id="preset-choice",
                              scale=3, info="Built-in presets and yours (kept in " + str(presets.user_preset_dir()) + ")")
@@ -88,26 +118,23 @@ def build() -> ParametersTab:
     estimate = gr.Markdown("", elem_id="param-estimate")
 
     live = [p for p in PARAMS if p.effect != "ignored" and not p.secret]
-    for group in _TOP_GROUPS:
-        with gr.Accordion(group.capitalize(), open=True):
-            for p in live:
-                if p.group == group:
-                    controls[p.key] = control_for(p, values[p.key])
+    with gr.Accordion("Main settings (what most runs change)", open=True, elem_id="params-main"):
+        _controls([p for p in live if p.main], values, controls, pickers, columns=3)
+    with gr.Accordion("Model and folders", open=True):
+        _controls([p for p in live if p.group in _TOP_GROUPS and not p.main], values, controls, pickers, columns=2)
     for tier, title in _TIER_TITLES.items():
         with gr.Accordion(title, open=tier == "basic"):
             for group in GROUPS:
-                members = [p for p in live if p.tier == tier and p.group == group and group not in _TOP_GROUPS]
+                members = [p for p in live if p.tier == tier and p.group == group and group not in _TOP_GROUPS
+                           and not p.main]
                 if not members:
                     continue
                 gr.Markdown(f"**{group.capitalize()}**")
-                for p in members:
-                    controls[p.key] = control_for(p, values[p.key])
+                _controls(members, values, controls, pickers, columns=2)
     with gr.Accordion("Kohya keys with no effect in CharLoRA", open=False):
-        for p in PARAMS:
-            if p.effect == "ignored" and not p.secret:
-                controls[p.key] = control_for(p, values[p.key])
+        _controls([p for p in PARAMS if p.effect == "ignored" and not p.secret], values, controls, pickers, columns=2)
     return ParametersTab(controls, preset, refresh, load, save, save_as_name, save_as, import_file, message,
-                         estimate_button, estimate)
+                         estimate_button, estimate, pickers)
 
 
 # --------------------------------------------------------------------------- values <-> controls
@@ -150,7 +177,29 @@ def _error(exc: Exception) -> str:
 
 # --------------------------------------------------------------------------- events
 
-def wire(tab: ParametersTab) -> None:
+def job_settings(tab: ParametersTab) -> dict:
+    """On a new page: every control set from the run that is going or last ran (else nothing changes),
+    so a reopened tab shows the settings it trains with, and Start/Resume reuse them."""
+    from ..train import current_job
+
+    import gradio as gr
+
+    values = current_job().snapshot().values
+    if not values:
+        return {tab.message: gr.skip()}
+    return {tab.message: "Showing the settings of the current (or last) training run.",
+            **control_updates(tab, values)}
+
+
+def refresh_lists(tab: ParametersTab) -> list:
+    """Fresh preset and recent-path lists (a new page lists presets saved by another page)."""
+    import gradio as gr
+
+    return [gr.update(choices=_preset_choices())] + [gr.update(choices=recent.choices_for(key))
+                                                     for key in tab.pickers]
+
+
+def wire(tab: ParametersTab, demo) -> None:
     import gradio as gr
 
     outputs = [tab.message, *tab.controls.values()]
@@ -176,10 +225,10 @@ def wire(tab: ParametersTab) -> None:
                                                              "it in the list)", loaded)),
                 **control_updates(tab, loaded.values)}
 
-    def save_named(name, data):
+    def save_named(name, data, overwrite=False):
         try:
             values = current_config(tab, data).values
-            path = presets.save_user_preset(name or "", values)
+            path = presets.save_user_preset(name or "", values, overwrite=overwrite)
         except (CharLoRAError, ConfigError) as exc:
             return {tab.message: gr.update(value=_error(exc)), tab.preset: gr.update()}
         name = path.stem
@@ -193,14 +242,21 @@ def wire(tab: ParametersTab) -> None:
         if name.endswith("(built-in)"):
             return {tab.message: gr.update(value="Built-in presets are not overwritten; use **Save as** with a "
                                                  "name of your own."), tab.preset: gr.update()}
-        return save_named(name, data)
+        return save_named(name, data, overwrite=True)
 
     tab.load.click(load_preset, inputs=tab.preset, outputs=outputs)
     tab.import_file.upload(import_config, inputs=tab.import_file, outputs=outputs)
     tab.save_as.click(lambda data: save_named(data[tab.save_as_name], data),
                       inputs={tab.save_as_name, *tab.components()}, outputs=[tab.message, tab.preset])
     tab.save.click(save_selected, inputs={tab.preset, *tab.components()}, outputs=[tab.message, tab.preset])
-    tab.refresh.click(lambda: gr.update(choices=_preset_choices()), outputs=tab.preset)
+    lists = [tab.preset, *tab.pickers.values()]
+    tab.refresh.click(lambda: refresh_lists(tab), outputs=lists)
+    demo.load(lambda: refresh_lists(tab), outputs=lists, show_progress="hidden")
+    demo.load(lambda: job_settings(tab), outputs=outputs, show_progress="hidden")
+    for key, picker in tab.pickers.items():
+        # choosing a recent path fills the field; the dropdown then clears, ready for the next pick
+        picker.input(lambda chosen: (chosen or gr.skip(), None), inputs=picker,
+                     outputs=[tab.controls[key], picker], show_progress="hidden")
 
     def estimate(data):
         from .training_tab import estimate_text

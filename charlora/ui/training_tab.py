@@ -7,21 +7,26 @@ shows the same run. Outputs that did not change are skipped.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CharLoRAError, ConfigError
 from ..monitor import default_monitor, format_bytes, process_peak_bytes
+from .. import recent
 from ..presets import charlora_home
 from ..params import save_config
 from ..train import current_job, training_command
+from ..train.sampling import parse_prompts
+from .charts import line_chart
 from .parameters_tab import ParametersTab, current_config
 
 
 @dataclass
 class TrainingTab:
     start: object
+    resume: object
     stop: object
     status: object
     progress: object
@@ -38,11 +43,15 @@ class TrainingTab:
     seen: object  # per-browser-tab state: what this page already shows
 
 
+NOTHING_SEEN = {"version": -1, "step": -1, "samples": -1, "files": -1, "state": "", "resumable": None}
+
+
 def build() -> TrainingTab:
     import gradio as gr
 
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
+        resume = gr.Button("Resume the stopped run", interactive=False, elem_id="train-resume")
         stop = gr.Button("Stop (save and keep a resumable state)", variant="stop", interactive=False,
                          elem_id="train-stop")
     message = gr.Markdown("", elem_id="train-message")
@@ -52,50 +61,39 @@ def build() -> TrainingTab:
     progress = gr.HTML(_progress_html(0, 0), elem_id="train-progress")
     status = gr.Markdown("Not started.", elem_id="train-status")
     with gr.Row():
-        plot = gr.LinePlot(_empty_frame(), x="step", y="loss", color="series", title="Loss", elem_id="train-loss",
-                           height=280)
-        with gr.Column():
+        with gr.Column(scale=3):
+            plot = gr.HTML(loss_chart([]), elem_id="train-loss")
+        with gr.Column(scale=2):
             vram = gr.Markdown("", elem_id="train-vram")
             files = gr.Markdown("", elem_id="train-files")
-    samples = gr.Gallery(label="Samples", columns=4, height=240, elem_id="train-samples")
+    samples = gr.Gallery(label="Samples (epoch or step, and prompt)", columns=4, height="auto", object_fit="contain",
+                         elem_id="train-samples")
     log = gr.Textbox(label="Log", lines=8, max_lines=16, autoscroll=True, interactive=False, elem_id="train-log")
     with gr.Row():
         command_button = gr.Button("Print training command", size="sm")
         command = gr.Textbox(label="Command line for this config", interactive=False, elem_id="train-command")
-    seen = gr.State({"version": -1, "step": -1, "samples": -1, "files": -1})
-    return TrainingTab(start, stop, status, progress, plot, vram, samples, files, log, command_button, command,
-                       estimate_button, estimate, message, seen)
+    seen = gr.State(dict(NOTHING_SEEN))
+    return TrainingTab(start, resume, stop, status, progress, plot, vram, samples, files, log, command_button,
+                       command, estimate_button, estimate, message, seen)
 
 
 # --------------------------------------------------------------------------- rendering
 
-def _empty_frame():
-    import pandas as pd
-
-    # explicit dtypes: an empty object-typed first frame makes the browser draw a categorical axis
-    return pd.DataFrame({"step": pd.Series([], dtype="int64"), "loss": pd.Series([], dtype="float64"),
-                         "series": pd.Series([], dtype="str")})
-
-
-def loss_frame(points):
-    import pandas as pd
-
-    if not points:
-        return _empty_frame()
-    steps = [p[0] for p in points]
-    return pd.DataFrame({
-        "step": pd.Series(steps + steps, dtype="int64"),
-        "loss": pd.Series([p[1] for p in points] + [p[2] for p in points], dtype="float64"),
-        "series": pd.Series(["loss"] * len(points) + ["average (epoch)"] * len(points), dtype="str"),
-    })
+def loss_chart(points) -> str:
+    """The loss curve: per-step loss and the epoch's running average, over the global step."""
+    return line_chart({"loss": [(p[0], p[1]) for p in points], "average (epoch)": [(p[0], p[2]) for p in points]},
+                      "Loss", "step", "loss", empty_text="The loss appears here after the first step.",
+                      elem_id="train-loss-chart")
 
 
-def _progress_html(step: int, total: int) -> str:
+def _progress_html(step: int, total: int, state: str = "") -> str:
     percent = 100.0 * step / total if total else 0.0
+    label = f"{step} / {total} steps ({percent:.0f}%)" if total else ("Preparing the run..." if state in (
+        "starting", "running") else "")
     return (f'<div style="border:1px solid #999;border-radius:4px;height:18px;width:100%">'
             f'<div id="train-progress-bar" data-step="{step}" data-total="{total}" style="background:#f97316;'
             f'height:100%;width:{percent:.1f}%;border-radius:3px"></div></div>'
-            f'<div style="font-size:0.9em">{step} / {total} steps ({percent:.0f}%)</div>')
+            f'<div style="font-size:0.9em">{label}</div>')
 
 
 def _duration(seconds: float) -> str:
@@ -107,16 +105,24 @@ def _duration(seconds: float) -> str:
 def status_text(snap) -> str:
     if snap.state == "idle":
         return "Not started."
+    if snap.state == "starting" and not snap.total_steps:
+        return "**Starting** — loading the model and caching latents..."
     lines = [f"**{snap.state.capitalize()}**" + (f" — epoch {snap.epoch} of {snap.total_epochs}, step {snap.step} of "
                                                 f"{snap.total_steps}" if snap.total_steps else "")]
+    if snap.state == "stopping":
+        lines.append("Stopping after the current step; a LoRA file and a resumable state will be saved.")
     if snap.loss is not None:
         lrs = ", ".join(f"{name} {lr:.3g}" for name, lr in snap.lr.items())
-        lines.append(f"loss {snap.loss:.4f} (epoch average {snap.average_loss:.4f}) · lr {lrs} · "
-                     f"{snap.it_per_s:.2f} it/s · ETA {_duration(snap.eta_s)}")
+        line = f"loss {snap.loss:.4f} (epoch average {snap.average_loss:.4f}) · lr {lrs}"
+        if snap.state == "running":  # speed and ETA mean nothing once the run has ended
+            line += f" · {snap.it_per_s:.2f} it/s · ETA {_duration(snap.eta_s)}"
+        lines.append(line)
     if snap.plan:
         lines.append(snap.plan)
     if snap.message and not snap.running:
         lines.append(("**Error:** " if snap.state == "failed" else "") + snap.message)
+    if not snap.running and snap.resumable_state:
+        lines.append(f"**Resume the stopped run** continues from `{snap.resumable_state}`.")
     return "\n\n".join(lines)
 
 
@@ -126,10 +132,8 @@ def estimate_text(values: dict) -> str:
 
     reading = default_monitor().read()
     estimate = estimate_vram(values, reading.total_bytes if reading.available else None)
-    text = "```\n" + format_estimate(estimate) + "\n```"
-    if not reading.available:
-        text += f"\n\n{reading.message}: compare {estimate.total / 1024**3:.1f} GiB with your GPU's memory."
-    return text
+    # without a GPU the estimate itself says what the number means (GPU memory on a card; RAM here)
+    return "```\n" + format_estimate(estimate) + "\n```"
 
 
 def vram_text() -> str:
@@ -141,9 +145,12 @@ def vram_text() -> str:
     return text
 
 
-def files_text(files) -> str:
+def files_text(files, values: dict | None = None) -> str:
+    logs = (values or {}).get("logging_dir") or ""
+    tail = (f"\n\n**Logs (TensorBoard):** `{logs}` — view with `tensorboard --logdir \"{logs}\"`" if logs else
+            "\n\n**Logs:** none (set *Logging folder* in the Parameters tab to write TensorBoard logs)")
     if not files:
-        return "**Saved LoRA files:** none yet"
+        return "**Saved LoRA files:** none yet" + (tail if values else "")
     lines = [f"- ... and {len(files) - 12} earlier"] if len(files) > 12 else []
     for f in files[-12:]:
         path = Path(f)
@@ -152,18 +159,33 @@ def files_text(files) -> str:
         except OSError:  # pruned a moment ago
             size = " (removed)"
         lines.append(f"- `{path.name}`{size}")
-    return f"**Saved LoRA files** ({len(files)}, in `{Path(files[-1]).parent}`):\n" + "\n".join(lines)
+    return f"**Saved LoRA files** ({len(files)}, in `{Path(files[-1]).parent}`):\n" + "\n".join(lines) + tail
 
 
-def _thumbnails(paths, limit: int = 16):
+_SAMPLE_NAME = re.compile(r"_(e?)(\d{6})_(\d{2})_\d{14}(?:_\d+)?\.png$")
+
+
+def sample_caption(path: str, values: dict | None) -> str:
+    """"epoch 3 · prompt" (or "step 500 · prompt") from Kohya's sample file name and the run's prompts."""
+    match = _SAMPLE_NAME.search(Path(path).name)
+    if not match:
+        return Path(path).name
+    at = f"epoch {int(match[2])}" if match[1] else f"step {int(match[2])}"
+    prompts = parse_prompts((values or {}).get("sample_prompts") or "")
+    index = int(match[3])
+    return f"{at} · {prompts[index].prompt}" if index < len(prompts) else at
+
+
+def _thumbnails(paths, values: dict | None, limit: int = 16):
+    """The newest samples, newest first, whole (never cropped or stretched)."""
     from PIL import Image
 
     images = []
-    for path in paths[-limit:]:
+    for path in reversed(paths[-limit:]):
         try:
             with Image.open(path) as img:
-                img.thumbnail((256, 256))
-                images.append((img.copy(), Path(path).name))
+                img.thumbnail((384, 384))
+                images.append((img.copy(), sample_caption(path, values)))
         except OSError:
             continue
     return images
@@ -172,24 +194,31 @@ def _thumbnails(paths, limit: int = 16):
 # --------------------------------------------------------------------------- events
 
 def poll(seen: dict):
-    """What changed since this page last looked (gr.skip() for the rest)."""
+    """What changed since this page last looked (gr.skip() for the rest). Returns the outputs of
+    `wire`'s poll list, the last one being the new `seen` (the overhead benchmark relies on that)."""
     import gradio as gr
 
     snap = current_job().snapshot()
     seen = dict(seen)
     changed = snap.version != seen["version"]
-    out = [gr.update(interactive=not snap.running), gr.update(interactive=snap.running and snap.state != "stopping")]
-    out += [gr.update(value=status_text(snap)) if changed else gr.skip(),
-            gr.update(value=_progress_html(snap.step, snap.total_steps)) if changed else gr.skip()]
-    if snap.step != seen["step"] or changed and not snap.losses:
-        out.append(gr.update(value=loss_frame(snap.plot_points())))
-    else:
-        out.append(gr.skip())
-    out.append(gr.update(value=vram_text()))
-    out.append(gr.update(value=_thumbnails(snap.samples)) if len(snap.samples) != seen["samples"] else gr.skip())
-    out.append(gr.update(value=files_text(snap.files)) if len(snap.files) != seen["files"] or changed else gr.skip())
+    ended = seen["state"] != snap.state and not snap.running
+    can_resume = bool(snap.resumable_state) and not snap.running
+    out = [gr.update(interactive=not snap.running), gr.update(interactive=can_resume),
+           gr.update(interactive=snap.running and snap.state != "stopping"),
+           # a Start / Stop note is about a run that has now ended, failed or been replaced
+           gr.update(value="") if ended else gr.skip(),
+           gr.update(value=status_text(snap)) if changed else gr.skip(),
+           gr.update(value=_progress_html(snap.step, snap.total_steps, snap.state)) if changed else gr.skip()]
+    redraw = snap.step != seen["step"] or (changed and not snap.losses)
+    out.append(gr.update(value=loss_chart(snap.plot_points())) if redraw else gr.skip())
+    out.append(gr.update(value=vram_text()) if snap.running or seen["version"] == -1 else gr.skip())
+    out.append(gr.update(value=_thumbnails(snap.samples, snap.values)) if len(snap.samples) != seen["samples"]
+               else gr.skip())
+    out.append(gr.update(value=files_text(snap.files, snap.values)) if len(snap.files) != seen["files"] or changed
+               else gr.skip())
     out.append(gr.update(value="\n".join(snap.log)) if changed else gr.skip())
-    seen.update(version=snap.version, step=snap.step, samples=len(snap.samples), files=len(snap.files))
+    seen.update(version=snap.version, step=snap.step, samples=len(snap.samples), files=len(snap.files),
+                state=snap.state)
     out.append(seen)
     return out
 
@@ -197,17 +226,37 @@ def poll(seen: dict):
 def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
     import gradio as gr
 
-    poll_outputs = [tab.start, tab.stop, tab.status, tab.progress, tab.plot, tab.vram, tab.samples, tab.files,
-                    tab.log, tab.seen]
+    poll_outputs = [tab.start, tab.resume, tab.stop, tab.message, tab.status, tab.progress, tab.plot, tab.vram,
+                    tab.samples, tab.files, tab.log, tab.seen]
+    starting = [gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=True)]
+
+    def launched(note: str, estimate):
+        # show the new run at once (not the last run's "24 / 280 steps"), and make the next poll redraw all
+        return (*starting, gr.update(value=note), gr.update(value=status_text(current_job().snapshot())),
+                gr.update(value=_progress_html(0, 0, "starting")), gr.update(value=loss_chart([])), estimate,
+                dict(NOTHING_SEEN, state="starting"))
+
+    def refused(exc):
+        return (gr.skip(), gr.skip(), gr.skip(), gr.update(value="**Not started.** " + str(exc).replace("\n", "\n\n")),
+                gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
 
     def start(data):
         try:
             values = current_config(params, data).values
             current_job().start(values)
         except (CharLoRAError, ConfigError) as exc:
-            return gr.update(value="**Not started.** " + str(exc).replace("\n", "\n\n")), gr.skip()
-        return (gr.update(value=f"Started at {time.strftime('%H:%M:%S')}. Closing this page does not stop training."),
-                gr.update(value=estimate_text(values)))
+            return refused(exc)
+        recent.remember(values)
+        return launched(f"Started at {time.strftime('%H:%M:%S')}. Closing this page does not stop training.",
+                        gr.update(value=estimate_text(values)))
+
+    def resume():
+        try:
+            state = current_job().resume()
+        except CharLoRAError as exc:
+            return refused(exc)
+        return launched(f"Resumed from `{state}` at {time.strftime('%H:%M:%S')}. Closing this page does not stop "
+                        "training.", gr.skip())
 
     def estimate(data):
         try:
@@ -217,7 +266,8 @@ def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
 
     def stop():
         current_job().stop(save=True)
-        return gr.update(value="Stopping after the current step; a LoRA file and a resumable state will be saved.")
+        return (gr.update(value="Stopping after the current step; a LoRA file and a resumable state will be "
+                                "saved."), gr.update(interactive=False))
 
     def command(data):
         try:
@@ -227,9 +277,12 @@ def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
         path = save_config(values, charlora_home() / "commands" / f"{values['output_name'] or 'last'}.json")
         return gr.update(value=training_command(values, str(path)))
 
-    tab.start.click(start, inputs=params.components(), outputs=[tab.message, tab.estimate], concurrency_limit=None)
+    launch_outputs = [tab.start, tab.resume, tab.stop, tab.message, tab.status, tab.progress, tab.plot, tab.estimate,
+                      tab.seen]
+    tab.start.click(start, inputs=params.components(), outputs=launch_outputs, concurrency_limit=None)
+    tab.resume.click(resume, outputs=launch_outputs, concurrency_limit=None)
     tab.estimate_button.click(estimate, inputs=params.components(), outputs=tab.estimate)
-    tab.stop.click(stop, outputs=tab.message, concurrency_limit=None)
+    tab.stop.click(stop, outputs=[tab.message, tab.stop], concurrency_limit=None)
     tab.command_button.click(command, inputs=params.components(), outputs=tab.command)
     # the tick must never queue behind other events, nor show a spinner every second
     timer.tick(poll, inputs=tab.seen, outputs=poll_outputs, concurrency_limit=None, show_progress="hidden")

@@ -1,0 +1,106 @@
+"""Browser fixtures for the app's tests: the app launched in-process on a free port (fresh training and
+evaluation jobs, a fresh CHARLORA_HOME), Debian's Chromium through Playwright, pages whose every request
+must stay on 127.0.0.1, and the few selectors the tests share."""
+
+import shutil
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (bash setup.sh --dev)")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("charlora-home")
+
+
+@pytest.fixture(scope="module")
+def app(home, tiny_model, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CHARLORA_HOME", str(home))
+    from charlora.evaluate import job as evaluation_job
+    from charlora.train import job as training_job
+    from charlora.ui.app import build_app, serve
+
+    # a fresh process's jobs: what an earlier module's run left must not show in this module's pages
+    mp.setattr(training_job, "_JOB", training_job.TrainingJob())
+    mp.setattr(evaluation_job, "_JOB", evaluation_job.EvaluationJob())
+    demo = build_app()
+    port = free_port()
+    serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    from charlora.train import current_job
+
+    current_job().stop(save=False)
+    current_job().wait(timeout=120)
+    demo.close()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser, app):
+    """Open the app in a new page; every request the page makes must stay on 127.0.0.1."""
+    from playwright.sync_api import expect
+
+    outside = []
+    pages = []
+
+    def guard(route):
+        host = urllib.parse.urlparse(route.request.url).hostname
+        if host not in ("127.0.0.1", "localhost") and not route.request.url.startswith(("data:", "blob:")):
+            outside.append(route.request.url)
+            return route.abort()
+        return route.continue_()
+
+    def opener():
+        page = browser.new_page(viewport={"width": 1300, "height": 1400})
+        page.route("**/*", guard)
+        page.goto(app)
+        expect(page.get_by_role("tab", name="Parameters")).to_be_visible(timeout=60_000)
+        pages.append(page)
+        return page
+
+    yield opener
+    for page in pages:
+        if not page.is_closed():
+            page.close()
+    assert outside == [], f"requests left 127.0.0.1: {outside}"
+
+
+def number(page, key):
+    return page.locator(f"#param-{key} input[type=number]")
+
+
+def text(page, key):
+    return page.locator(f"#param-{key} textarea, #param-{key} input[type=text]").first
+
+
+def set_text(page, key, value):
+    field = text(page, key)
+    field.fill(value)
+    field.press("Tab")
+
+
+def choose_preset(page, label):
+    box = page.locator("#preset-choice input")
+    box.click()
+    page.get_by_role("option", name=label, exact=True).click()
