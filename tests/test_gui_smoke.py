@@ -60,3 +60,13 @@ def test_auth_file(tmp_path):
         read_auth(parse_args(["--listen", "--auth-file", str(auth)]))
     with pytest.raises(SystemExit):
         parse_args(["--listen", "--port", "7000"])
+
+
+def test_controls_have_human_labels_with_kohyas_key(app_config):
+    props = {c["props"].get("elem_id"): c["props"] for c in app_config["components"]}
+    dim = props["param-network_dim"]
+    assert dim["label"] == "Network rank (dimension)" and dim["info"].startswith("network_dim · ")
+    assert props["param-unet_lr"]["label"] == "UNet learning rate"
+    # a key without a declared label still reads as words, never as a bare key with underscores
+    assert "_" not in props["param-bucket_reso_steps"]["label"]
+    assert "recent-train_data_dir" in props and "recent-pretrained_model_name_or_path" in props
