@@ -23,17 +23,16 @@ def _quiet_gradio() -> None:
 
 
 def theme():
-    """Gradio's default theme, with system fonts behind the bundled one."""
+    """Gradio's default theme with the system's sans-serif font."""
     import gradio as gr
 
-    return gr.themes.Default(font=[gr.themes.LocalFont("Source Sans Pro", weights=(400, 600)),
-                                   "ui-sans-serif", "system-ui", "sans-serif"])
+    # the bundled Source Sans Pro drew some bold capitals in another face ("CharLoRᴀ", "VRᴀM") in
+    # Chromium: the system's sans-serif has every glyph (and needs no download either)
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"])
 
 
-# Bold text uses the bundled semibold face: at 700 and above the browser picked another face for some
-# glyphs ("CharLoRᴀ", "VRᴀM"). Tables wrap long cells instead of clipping them ("no caption ... caption").
+# Tables wrap long cells instead of clipping them ("no caption ... caption").
 CSS = """
-h1, h2, h3, strong, b, th { font-weight: 600 !important; }
 .charlora-table td, .charlora-table th { white-space: normal !important; overflow-wrap: anywhere; }
 .charlora-table td span, .charlora-table td div { white-space: normal !important; overflow: visible !important;
   text-overflow: clip !important; }
