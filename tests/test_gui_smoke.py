@@ -70,3 +70,12 @@ def test_controls_have_human_labels_with_kohyas_key(app_config):
     # a key without a declared label still reads as words, never as a bare key with underscores
     assert "_" not in props["param-bucket_reso_steps"]["label"]
     assert "recent-train_data_dir" in props and "recent-pretrained_model_name_or_path" in props
+
+
+def test_the_served_app_polls_its_queue_gently():
+    """gradio's queue loop wakes every 1 ms on Linux by default; the app sets its Windows values."""
+    from charlora.ui.app import quiet_queue
+
+    demo = build_app()
+    quiet_queue(demo)
+    assert (demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free) == (0.05, 0.1)

@@ -200,9 +200,9 @@ def load_state(folder: str | Path) -> LoadedState:
                for n in names}
     position = Position(**{k: info[k] for k in ("epoch", "batch", "step", "seed", "total_steps")},
                         **{k: info[k] for k in ("session_id", "epoch_loss_sum", "epoch_loss_count") if k in info})
-    history_path = folder / "losses.json"
-    history = [(int(step), float(loss), float(average))
-               for step, loss, average in json.loads(history_path.read_text())["points"]] if history_path.is_file() else []
+    history_path = folder / "losses.json"  # absent from format-1 states
+    points = json.loads(history_path.read_text())["points"] if history_path.is_file() else []
+    history = [(int(step), float(loss), float(average)) for step, loss, average in points]
     rng = torch.load(folder / "rng.pt", weights_only=True)  # never unpickle code, even from our own files
     version, state, gauss = info["python_rng"]
     rng["python"] = (version, tuple(state), gauss)

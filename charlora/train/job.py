@@ -52,7 +52,7 @@ class JobSnapshot:
     output_name: str = ""
     started_at: float | None = None
     finished_at: float | None = None
-    values: Mapping = field(default_factory=lambda: _EMPTY)  # the run's normalised settings (read-only); empty before the first run
+    values: Mapping = field(default_factory=lambda: _EMPTY)  # the run's normalised settings, read-only; {} before any
     resumable_state: str | None = None  # the state folder `resume()` continues from; None while running or if none
 
     @property

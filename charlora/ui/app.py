@@ -42,7 +42,18 @@ CSS = """
 def serve(demo, host: str = "127.0.0.1", port: int = 7860, auth=None, **kwargs):
     """Launch the app (the tests use this too, so they see the same theme and styles)."""
     # server_name and share are explicit: GRADIO_SERVER_NAME / GRADIO_SHARE would override defaults
+    quiet_queue(demo)
     return demo.launch(server_name=host, server_port=port, share=False, auth=auth, theme=theme(), css=CSS, **kwargs)
+
+
+def quiet_queue(demo) -> None:
+    """gradio 6.31's queue loop wakes every 1 ms on Linux (4.3% of a core with no page open, competing with
+    training on small machines); its Windows values (50 ms, 100 ms) cut that to 0.8% (docs/benchmarks.md).
+    Private attributes: left alone where a Gradio version lacks them."""
+    queue = getattr(demo, "_queue", None)
+    for name, seconds in (("sleep_when_free", 0.05), ("progress_update_sleep_when_free", 0.1)):
+        if queue is not None and hasattr(queue, name):
+            setattr(queue, name, seconds)
 
 
 def build_app():

@@ -15,6 +15,8 @@ per poll. The summary gives the medians per mode and the ratios to `cli`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import statistics
 import tempfile
@@ -106,7 +108,8 @@ def _run(mode: str, values: dict, warmup: int, pipe_factory, poll_interval: floa
             page.closed.set()
             page.join()
             if demo is not None:
-                demo.close()
+                with contextlib.redirect_stdout(io.StringIO()):  # gradio prints "Closing server..." even when quiet
+                    demo.close()
         snap = current_job().snapshot()
         status, message, polls = snap.state, snap.message, page.poll_cpu
     if status != "completed":
@@ -186,8 +189,9 @@ def format_run(r: dict) -> str:
 
 def format_report(report: dict) -> str:
     lines = [f"app overhead: {report['shape']} at {report['resolution']} px, {report['steps']} timed steps after "
-             f"{report['warmup']} warm-up, {report['rounds']} round(s) in alternating order; {report['device']}, torch threads "
-             f"{report['torch_threads']} of {report['cpu_count']} CPUs, OMP_WAIT_POLICY={report['omp_wait_policy']}, "
+             f"{report['warmup']} warm-up, {report['rounds']} round(s) in alternating order; {report['device']}, "
+             f"torch threads {report['torch_threads']} of {report['cpu_count']} CPUs, "
+             f"OMP_WAIT_POLICY={report['omp_wait_policy']}, "
              f"a poll every {report['poll_interval_s']:g} s"]
     lines += [format_run(r) for r in report["runs"]]
     for mode, m in report["median"].items():
