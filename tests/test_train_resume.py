@@ -138,3 +138,10 @@ def test_thin_points_keeps_the_ends_and_the_limit():
     thinned = ckpt.thin_points(points, 1000)
     assert len(thinned) == 1000 and thinned[0][0] == 1 and thinned[-1][0] == 25_000
     assert ckpt.thin_points(points[:10], 1000) == points[:10]
+
+
+def test_resumed_run_lists_the_files_its_stopped_part_saved(runs):
+    stopped, resumed = runs["stopped"], runs["resumed"]
+    assert stopped.files and set(stopped.files) <= set(resumed.files)  # the stop's file is still listed
+    assert len(resumed.files) == len(set(resumed.files))  # a file saved again is listed once
+    assert resumed.files[-1].endswith("tiny-demo.safetensors")

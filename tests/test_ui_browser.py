@@ -189,3 +189,30 @@ def test_vram_estimate_in_the_training_tab(open_page):
     expect(page.locator("#train-estimate")).to_contain_text("VRAM estimate", timeout=30_000)
     expect(page.locator("#train-estimate")).to_contain_text("optimizer state")
     expect(page.locator("#train-estimate")).to_contain_text("on this computer (no GPU) training runs on the CPU")
+
+
+def test_dataset_problems_are_readable_at_1280_px(open_page, tmp_path):
+    """Every problem sentence is shown whole: wrapped, never cut to fragments ("no caption ... caption")."""
+    from playwright.sync_api import expect
+
+    from charlora.dataset import check_dataset
+    from charlora.params import normalize
+    from dataset_helpers import build_user_dataset
+
+    folders = build_user_dataset(tmp_path)
+    problems = check_dataset(normalize({"train_data_dir": str(folders["img"])}).values).as_dict()["problems"]
+    page = open_page()
+    page.set_viewport_size({"width": 1280, "height": 1200})
+    page.get_by_role("tab", name="Parameters").click()
+    set_text(page, "train_data_dir", str(folders["img"]))
+    page.get_by_role("tab", name="Dataset").click()
+    page.locator("#dataset-check").click()
+    table = page.locator("#dataset-problems")
+    expect(table).to_contain_text(problems[0]["problem"], timeout=30_000)
+    for problem in problems:
+        expect(table).to_contain_text(problem["problem"])
+    clipped = page.evaluate("""() => [...document.querySelectorAll('#dataset-problems td *')]
+        .filter(e => e.children.length === 0 && e.textContent.trim() && e.scrollWidth > e.clientWidth + 1)
+        .map(e => e.textContent)""")
+    assert clipped == []
+    page.screenshot(path=str(ARTIFACTS / "dataset-problems.png"), full_page=True)

@@ -84,7 +84,7 @@ class TrainingJob:
         self._stop = StopRequest()
 
     # ------------------------------------------------------------------ control
-    def start(self, values: dict, *, listeners=(), pipe=None) -> None:
+    def start(self, values: dict, *, listeners=(), pipe=None, _carry=((), ())) -> None:
         """Start a run of the normalised `values` in a background thread and return at once. Refuses a
         second run. `listeners` get every event after the job (tests, the benchmark); `pipe`: an already
         loaded base model instead of the file (the benchmark's random-weight SD 1.5, as in `train`)."""
@@ -94,7 +94,8 @@ class TrainingJob:
             self._stop = StopRequest()
             self._fields = dict(_FRESH, state="starting", output_name=values["output_name"], started_at=time.time(),
                                 values=MappingProxyType(dict(values)))
-            self._losses, self._files, self._samples = [], [], []
+            # a resumed run lists the files and samples its stopped part already made
+            self._losses, self._files, self._samples = [], [p for p in _carry[0] if Path(p).exists()], list(_carry[1])
             self._log.clear()
             self._last_state = values["resume"] or None
             self._add_log("starting" + (f" from {values['resume']}" if values["resume"] else ""))
@@ -111,6 +112,7 @@ class TrainingJob:
         with self._lock:
             state, values = self._fields["resumable_state"], self._fields["values"]
             running = self._fields["state"] in ("starting", "running", "stopping")
+            carry = (tuple(self._files), tuple(self._samples))
         if running:
             raise CharLoRAError("a training run is going; stop it before resuming")
         if not state:
@@ -120,7 +122,7 @@ class TrainingJob:
         if not Path(state).is_dir():
             raise CharLoRAError(f"cannot resume: the training state {state} is gone (moved or deleted); set 'Resume "
                                 "from saved training state' in the Parameters tab to another state folder and start")
-        self.start(normalize(dict(values, resume=state)).values, listeners=listeners)
+        self.start(normalize(dict(values, resume=state)).values, listeners=listeners, _carry=carry)
         return state
 
     def stop(self, save: bool = True) -> None:
@@ -183,7 +185,7 @@ class TrainingJob:
                 self._version += 1
             elif isinstance(event, Saved):
                 if event.kind == "lora":
-                    self._files.append(event.path)
+                    self._files = [p for p in self._files if p != event.path] + [event.path]
                 else:
                     self._last_state = event.path
                 self._add_log(f"saved {event.path}")
