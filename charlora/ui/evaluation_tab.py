@@ -89,8 +89,10 @@ def build() -> EvaluationTab:
                                             value="portrait of a girl\na girl reading a book in a park")
             f["score_seeds"] = gr.Textbox(label="Seeds", value="1-4", elem_id="eval-score-seeds")
             f["train_data_dir"] = gr.Textbox(label="Training images (train_data_dir)", elem_id="eval-train-dir")
-            f["scorer"] = gr.Textbox(label="Scorer (CLIP folder or Hub id; empty = the base model's safety checker "
-                                           "or openai/clip-vit-large-patch14)", elem_id="eval-scorer")
+            f["scorer"] = gr.Textbox(label="Scorer", elem_id="eval-scorer",
+                                     info="empty: the base model's safety-checker CLIP, else openai/clip-vit-large-"
+                                          "patch14 (downloaded once); a CLIP folder or Hub id; or 'tiny' to try the "
+                                          "tab offline (a random tiny CLIP: its scores mean nothing)")
         score = gr.Button("Score checkpoints", variant="primary", elem_id="eval-score")
     with gr.Row():
         stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
