@@ -135,15 +135,32 @@ def test_cell_parameters_a1111_infotext():
     text = cell_parameters("a girl <lora:wwaa:0.8>", "ugly, blurry", 20, "euler_a", 7.0, 1234, 512, 512,
                            [("wwaa", 0.8, 0.8, "0123456789abcdef0123")])
     assert text == ("a girl <lora:wwaa:0.8>\nNegative prompt: ugly, blurry\n"
-                    'Steps: 20, Sampler: euler_a, CFG scale: 7.0, Seed: 1234, Size: 512x512, '
+                    'Steps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 1234, Size: 512x512, '
                     'Lora hashes: "wwaa: 0123456789ab"')
     # no negative prompt: no line; a LoRA set by the checkpoint axis is written as a tag, A1111-style
     text = cell_parameters("a girl", "", 20, "euler_a", 7.5, 1, 512, 768, [("wwaa-000002", 1.0, 0.5)],
                            extra={"Clip skip": 2})
-    assert text == "a girl<lora:wwaa-000002:1:0.5>\nSteps: 20, Sampler: euler_a, CFG scale: 7.5, Seed: 1, " \
+    assert text == "a girl<lora:wwaa-000002:1:0.5>\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, " \
                    "Size: 512x768, Clip skip: 2"
-    assert cell_parameters("x", None, 20, "ddim", 7, 1, 64, 64) == "x\nSteps: 20, Sampler: ddim, CFG scale: 7, " \
+    assert cell_parameters("x", None, 20, "ddim", 7, 1, 64, 64) == "x\nSteps: 20, Sampler: DDIM, CFG scale: 7, " \
                                                                   "Seed: 1, Size: 64x64"
+
+
+@pytest.mark.parametrize("sampler, written", [
+    # A1111's own name, so that pasting the infotext into A1111 (1.10, or before Schedule type existed) picks
+    # the same sampler and schedule; Kohya's names are written as their A1111 twin (the same scheduler here)
+    ("euler_a", "Sampler: Euler a"), ("Euler a", "Sampler: Euler a"), ("heun", "Sampler: Heun"),
+    ("dpm++ 2m karras", "Sampler: DPM++ 2M Karras"),
+    ("DPM++ 2M", "Sampler: DPM++ 2M Karras"),  # 1.10's Automatic schedule for DPM++ 2M is Karras
+    ("dpmsolver++", "Sampler: DPM++ 2M, Schedule type: Uniform"),  # uniform: 1.10 must not read it as Karras
+    ("DPM++ 2M Uniform", "Sampler: DPM++ 2M, Schedule type: Uniform"),
+    ("DPM++ SDE Karras", "Sampler: DPM++ SDE Karras"), ("DPM++ 2M SDE", "Sampler: DPM++ 2M SDE Exponential"),
+    ("UniPC", "Sampler: UniPC"), ("PLMS", "Sampler: PLMS"), ("DDIM", "Sampler: DDIM"),
+    ("pndm", "Sampler: pndm"), ("dpmsolver", "Sampler: dpmsolver"),  # no A1111 twin: Kohya's name
+])
+def test_cell_parameters_write_a1111_sampler_names(sampler, written):
+    text = cell_parameters("x", "", 20, sampler, 7, 1, 64, 64)
+    assert text == f"x\nSteps: 20, {written}, CFG scale: 7, Seed: 1, Size: 64x64"
 
 
 def test_grid_text_chunks():
@@ -162,3 +179,12 @@ def test_grid_text_chunks():
     chunks = grid_text_chunks("prompt_sr", ["chk", "2, 4"], "nothing", [None], extra={"parameters": first})
     assert chunks["parameters"] == first + ', Script: X/Y/Z plot, X Type: Prompt S/R, X Values: "chk,\\"2, 4\\""'
     assert json.loads(chunks["charlora.grid"])["axes"]["y"]["labels"] == [""]
+
+
+def test_grid_text_chunks_write_the_values_as_typed():
+    # xyz_grid.py writes the X/Y values the user typed (a range stays a range)
+    first = cell_parameters("a girl", "", 20, "euler_a", 7.0, 1, 512, 512)
+    chunks = grid_text_chunks("seed", [1, 3, 5], "cfg", [7.0, 8.0], extra={"parameters": first},
+                              texts={"x": "1-5 (+2)", "y": " 7,8 "})
+    assert chunks["parameters"] == first + (', Script: X/Y/Z plot, X Type: Seed, X Values: 1-5 (+2), '
+                                            'Fixed X Values: "1, 3, 5", Y Type: CFG Scale, Y Values: "7,8"')

@@ -283,18 +283,109 @@ def test_load_errors(tmp_path, no_network, monkeypatch):
     missing = tmp_path / "no-such-folder"
     with pytest.raises(CharLoRAError, match="no-such-folder"):
         load_embedder(str(missing))
-    with pytest.raises(CharLoRAError, match="could not be fetched.*safety_checker"):
+    with pytest.raises(CharLoRAError, match="not on this computer.*HF_HUB_OFFLINE.*safety_checker"):
         load_embedder("openai/clip-vit-large-patch14")  # offline in tests: must fail fast, no connection
     # Not in offline mode but no network: fail fast, without huggingface_hub's ~25 s of retries.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     started = time.monotonic()
-    with pytest.raises(CharLoRAError, match="could not be fetched.*cannot connect"):
+    with pytest.raises(CharLoRAError, match="not on this computer.*cannot connect"):
         load_embedder("openai/clip-vit-large-patch14")
     assert time.monotonic() - started < 5
     (tmp_path / "file.bin").write_bytes(b"x")
-    with pytest.raises(CharLoRAError, match="is a file"):
+    with pytest.raises(CharLoRAError, match="is a file.*--scorer tiny"):
         load_embedder(str(tmp_path / "file.bin"))
     (tmp_path / "sd-no-checker").mkdir()
     (tmp_path / "sd-no-checker" / "model_index.json").write_text("{}")
-    with pytest.raises(CharLoRAError, match="without safety_checker"):
+    with pytest.raises(CharLoRAError, match="without safety_checker.*--scorer tiny"):
         load_embedder(str(tmp_path / "sd-no-checker"))
+
+
+# --- the scorer a user chooses (the Scorer field, score --scorer) -----------------------------------
+
+OFFLINE_MESSAGE = (
+    "the scorer openai/clip-vit-large-patch14 is not on this computer and the Hugging Face Hub cannot be reached "
+    "({why}): run once online (it is downloaded once, into the Hugging Face cache), or download it into a folder "
+    "(the CLIPModel and CLIPProcessor files: config.json, model.safetensors, the tokenizer files and "
+    "preprocessor_config.json) and give that folder as the Scorer (--scorer FOLDER); a Stable Diffusion 1.5 "
+    "diffusers folder with safety_checker/ works too, without a download; to try scoring offline, use the scorer "
+    "'tiny' (--scorer tiny): a random tiny CLIP for tests and demos, its scores mean nothing")
+
+
+def test_empty_scorer_uses_the_default_clip_when_the_base_model_has_none(tmp_path, monkeypatch):
+    # The label and `score --help` promise openai/clip-vit-large-patch14 when the base model has no safety
+    # checker: a single file, or a diffusers folder saved without safety_checker/.
+    fetched = []
+    monkeypatch.setattr(sc, "_load_from_hub", lambda repo, device: fetched.append(repo) or tiny_clip())
+    single = tmp_path / "v1-5-pruned-emaonly.safetensors"
+    single.write_bytes(b"x")
+    folder = tmp_path / "sd15"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    for base in (str(single), f'"{single}"', str(folder), "runwayml/stable-diffusion-v1-5", ""):
+        assert sc.scorer_for("", base).dim == 32
+    assert fetched == ["openai/clip-vit-large-patch14"] * 5
+    # "tiny" in any case, and given scorers as they are
+    assert sc.scorer_for(" Tiny ", str(single)).name.startswith("tiny random CLIP")
+    sc.scorer_for("someone/their-clip", str(single))
+    assert fetched[-1] == "someone/their-clip"
+
+
+def test_empty_scorer_uses_the_safety_checker_of_a_diffusers_base_model(tmp_path, monkeypatch):
+    used = []
+    monkeypatch.setattr(sc, "load_embedder", lambda source, device="cpu": used.append(source) or "embedder")
+    (tmp_path / "sd15" / "safety_checker").mkdir(parents=True)
+    assert sc.scorer_for("", str(tmp_path / "sd15")) == "embedder" and used == [str(tmp_path / "sd15")]
+
+
+def test_default_scorer_offline_says_what_to_do(tmp_path, no_network, monkeypatch):
+    import huggingface_hub.constants
+
+    single = tmp_path / "v1-5-pruned-emaonly.safetensors"
+    single.write_bytes(b"x")
+    with pytest.raises(CharLoRAError) as err:  # HF_HUB_OFFLINE=1 (tests/conftest.py)
+        sc.scorer_for("", str(single))
+    assert str(err.value) == OFFLINE_MESSAGE.format(why="offline mode: HF_HUB_OFFLINE is set")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # online mode, no network
+    with pytest.raises(CharLoRAError) as err:
+        sc.scorer_for("", str(single))
+    assert str(err.value) == OFFLINE_MESSAGE.format(why=f"cannot connect to {huggingface_hub.constants.ENDPOINT}")
+
+
+def test_score_help_documents_the_scorer_values():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "charlora", "score", "--help"], capture_output=True, text=True,
+                            cwd=repo, timeout=60)
+    help_text = " ".join(result.stdout.split())
+    assert result.returncode == 0
+    for words in ("Empty (default): the base model's safety checker", "else openai/clip-vit-large-patch14",
+                  "'tiny': a random tiny CLIP, no download, to try scoring offline (its scores mean nothing)"):
+        assert words in help_text
+
+
+def test_score_run_from_a_single_file_base_model_offline(tmp_path, no_network):
+    # The case: Scorer empty, base model x.safetensors. It asks for openai/clip-vit-large-patch14 (here
+    # offline) and stops with the message before rendering anything.
+    from safetensors.torch import save_file
+
+    from charlora.evaluate import ScoreSpec, score_run
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for stem, epoch in (("char-000001", "1"), ("char", "2")):
+        save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 2)}, str(model / f"{stem}.safetensors"),
+                  metadata={"ss_output_name": "char", "ss_epoch": epoch, "ss_session_id": "run1"})
+
+    class NoRender:
+        def render(self, *args):
+            raise AssertionError("nothing is rendered before the scorer is loaded")
+
+    spec = ScoreSpec(base_model=str(tmp_path / "v1-5-pruned-emaonly.safetensors"), lora_folder=str(model),
+                     output_name="char", train_data_dir=str(tmp_path / "img"), output_dir=str(tmp_path / "out"))
+    with pytest.raises(CharLoRAError) as err:
+        score_run(spec, renderer=NoRender())
+    assert str(err.value) == OFFLINE_MESSAGE.format(why="offline mode: HF_HUB_OFFLINE is set")
+    assert not (tmp_path / "out").exists()

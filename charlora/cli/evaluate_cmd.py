@@ -40,6 +40,14 @@ def _common(parser, lora: str = "folder") -> None:
     parser.add_argument("--out", required=True, help="output folder (or file for seeds)")
 
 
+# The scorer's values, as charlora.evaluate.score.SCORER_HELP says them (here without importing torch).
+SCORER_HELP = ("the CLIP model that embeds the images. Empty (default): the base model's safety checker when "
+               "--base-model is a diffusers folder with safety_checker/, else openai/clip-vit-large-patch14 "
+               "(downloaded once into the Hugging Face cache; offline, download it into a folder and give that "
+               "folder). A folder with a saved CLIPModel (+ CLIPProcessor files), or a Hugging Face id. "
+               "'tiny': a random tiny CLIP, no download, to try scoring offline (its scores mean nothing)")
+
+
 def register(subparsers) -> None:
     grid = subparsers.add_parser("grid", help="A1111-style X/Y/Z grid of checkpoints, CFG, seeds, ...",
                                  description="Render an X/Y/Z plot as AUTOMATIC1111 does. Axes: prompt_sr, cfg, "
@@ -74,8 +82,7 @@ def register(subparsers) -> None:
     score.add_argument("--caption-extension", default=".txt")
     score.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     score.add_argument("--seeds", default="1-4")
-    score.add_argument("--scorer", default="", help="CLIP model folder or Hub id (default: the SD folder's safety "
-                                                    "checker, else openai/clip-vit-large-patch14)")
+    score.add_argument("--scorer", default="", help=SCORER_HELP)
     score.add_argument("--json", action="store_true", help="print the whole report as JSON")
     score.set_defaults(handler=run_score)
 

@@ -19,8 +19,9 @@ from ..errors import CharLoRAError
 from ..models.loading import load_base_model
 from ..train.sampling import SAMPLER_CHOICES, SamplePrompt, generate_samples, sampler_name
 from .layout import cell_parameters, draw_grid, grid_text_chunks, make_sheet, save_png
-from .prompts import (AXIS_KINDS, NO_LORA, EvaluationError, LoraIndex, apply_prompt_sr, axis_label,
-                      parse_axis_values, parse_prompt, resolve_lora)
+from .prompts import (AXIS_KINDS, NO_LORA, RE_EXTRA_NET, EvaluationError, LoraIndex, apply_prompt_sr, axis_label,
+                      format_lora_tag, lora_tag_of, negative_lora_note, parse_axis_values, parse_prompt,
+                      rename_lora_tag, resolve_lora, strip_comments)
 
 AXIS_LETTERS = ("X", "Y", "Z")
 
@@ -56,14 +57,16 @@ class GridSpec(GenerationSettings):
 
 @dataclass
 class Cell:
-    prompt: str
-    negative: str
+    prompt: str  # what is encoded: comments and <lora:...> tags removed
+    negative: str  # what is encoded: comments removed (a <lora:...> tag there stays as text, as in A1111)
     cfg: float
     seed: int
     steps: int
     sampler: str
     loras: list  # [(path, te_weight, unet_weight)]
     labels: tuple  # (x label, y label, z label)
+    text: str = ""  # the prompt for the infotext: comments removed, <lora:...> tags where the user typed them
+    lora_names: list = field(default_factory=list)  # the infotext's name of each LoRA (one A1111 finds it by)
 
 
 @dataclass
@@ -124,11 +127,25 @@ def _axis(kind: str, text: str) -> tuple[list, list[str], list]:
         raise EvaluationError(f"unknown axis {kind!r}; choose one of {', '.join(AXIS_KINDS)}")
     if kind == "nothing":
         return [None], [""], [None]
-    values = parse_axis_values(kind, text, SAMPLER_CHOICES if kind == "sampler" else None)
+    values = parse_axis_values(kind, text)
+    if kind == "sampler":  # Kohya's and A1111's names in any case, a schedule type too ("DPM++ 2M Uniform")
+        unknown = [v for v in values if not _known(v)]
+        if unknown:
+            raise EvaluationError(f"Unknown sampler: {', '.join(unknown)}; choose from {', '.join(SAMPLER_CHOICES)} "
+                                  "(an A1111 sampler may name its schedule type: Uniform, Karras or Exponential)")
+        values = [sampler_name(v) for v in values]
     labels = [axis_label(kind, v) for v in values]
     if kind == "prompt_sr":
         return [(values[0], v) for v in values], labels, values  # (search, replacement), applied per cell
     return values, labels, values
+
+
+def _known(sampler: str) -> bool:
+    try:
+        sampler_name(sampler)
+    except CharLoRAError:
+        return False
+    return True
 
 
 def plan_cells(spec: GridSpec, index: LoraIndex) -> tuple[list[list[list[Cell]]], list[str], list]:
@@ -168,9 +185,17 @@ def _reference_note(warning: str, searches: list[str]) -> str:
 
 
 def _finish(draft: dict, index: LoraIndex, warnings: list, labels: tuple) -> Cell:
-    prompt, tags = parse_prompt(draft["prompt"])[:2]
-    negative = parse_prompt(draft["negative"])[0]
-    loras = []
+    """The cell as A1111 renders it: comments stripped after the axes' replacements (the Comments script runs
+    after the X/Y/Z plot sets the prompt), then the prompt's tags read; the negative prompt keeps its tags as
+    text (A1111 reads extra networks from the prompt only)."""
+    prompt_text = strip_comments(draft["prompt"])
+    negative = strip_comments(draft["negative"])
+    note = negative_lora_note(negative)
+    if note:
+        warnings.append(note)
+    prompt, tags, tag_warnings = parse_prompt(prompt_text)
+    warnings.extend(tag_warnings)
+    loras, names = [], []
     replaced = tags[0] if tags and draft["checkpoint"] != "prompt" else None  # the checkpoint axis sets that one
     for tag in tags:  # A1111: a tag naming no file renders without it, with a warning
         if tag is replaced:
@@ -180,16 +205,53 @@ def _finish(draft: dict, index: LoraIndex, warnings: list, labels: tuple) -> Cel
             warnings.append(warning)
         if path is not None:
             loras.append((path, tag.te_weight, tag.unet_weight))
+            names.append(tag.name)
     if draft["checkpoint"] != "prompt":
         # the checkpoint axis replaces the prompt's first LoRA (keeping its weights), or adds one at 1.0
         te, unet = (replaced.te_weight, replaced.unet_weight) if replaced else (1.0, 1.0)
         if draft["checkpoint"] is not None:
             loras.insert(0, (draft["checkpoint"], te, unet))
+            names.insert(0, None)  # not a tag of the prompt: written under its file stem
     if draft["weight"] is not None:
         loras = [(path, draft["weight"], draft["weight"]) if i == 0 else (path, te, unet)
                  for i, (path, te, unet) in enumerate(loras)]
+    text, infotext_names = _infotext_prompt(prompt_text, index, loras, names, replaced, draft["weight"] is not None)
     return Cell(prompt.strip(), negative.strip(), draft["cfg"], draft["seed"], draft["steps"], draft["sampler"],
-                loras, labels)
+                loras, labels, text=text, lora_names=infotext_names)
+
+
+def _infotext_prompt(prompt: str, index: LoraIndex, loras: list, names: list, replaced, weight_axis: bool):
+    """(the prompt as the cell's infotext writes it, the infotext's name of each LoRA). Every `<lora:...>` tag
+    stays where the user typed it, so that pasting the infotext into A1111 renders the same cell: a name only
+    CharLoRA knows (`NAME-2`) becomes the file's stem; the tag the checkpoint axis replaced names the axis'
+    file (or goes, for "no LoRA"); a LoRA the weight axis set gets that weight (once); a tag naming no file
+    stays as typed (A1111 does not find it either); other networks' tags, not rendered, go."""
+    final = [index.a1111_name(name, path) if name is not None else Path(path).stem
+             for (path, _, _), name in zip(loras, names)]
+    by_name = {name: i for i, name in enumerate(names) if name is not None}
+    written: set = set()
+
+    def tag_for(i: int) -> str:
+        return format_lora_tag(final[i], loras[i][1], loras[i][2])
+
+    def replace(match):
+        tag = lora_tag_of(match.group(0))
+        if tag is None:
+            return ""  # <hypernet:...> and the like: removed and not rendered (with a warning)
+        if replaced is not None and tag.name == replaced.name:
+            first = tag.name not in written
+            written.add(tag.name)
+            return tag_for(0) if first and names and names[0] is None else ""
+        i = by_name.get(tag.name)
+        if i is None:
+            return match.group(0)  # names no file: as typed
+        if i == 0 and weight_axis:
+            first = tag.name not in written
+            written.add(tag.name)
+            return tag_for(0) if first else ""
+        return match.group(0) if final[i] == tag.name else rename_lora_tag(match.group(0), final[i])
+
+    return RE_EXTRA_NET.sub(replace, prompt), final
 
 
 def files_used(grids: list[list[list[Cell]]]) -> list[str]:
@@ -268,6 +330,14 @@ def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, 
     result = GridResult(warnings=warnings, files_used=files_used(grids), total=total, output_dir=str(out))
     (x_labels, x_values), (y_labels, y_values), (z_labels, z_values) = labels
     hashes: dict = {}
+
+    def infotext(cell: Cell) -> str:
+        names = cell.lora_names or [Path(p).stem for p, _, _ in cell.loras]
+        return cell_parameters(cell.text or cell.prompt, cell.negative, cell.steps, cell.sampler, cell.cfg,
+                               cell.seed, spec.width, spec.height,
+                               [(name, t, u, _hash(p, hashes)) for (p, t, u), name in zip(cell.loras, names)],
+                               extra={"Clip skip": spec.clip_skip} if spec.clip_skip > 1 else None)
+
     for z, rows in enumerate(grids):
         images = [[None] * len(row) for row in rows]  # None: not rendered, drawn grey
         for y, row in enumerate(rows):
@@ -277,11 +347,8 @@ def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, 
                     continue
                 image = renderer.render(cell, spec.width, spec.height)
                 images[y][x] = image
-                params = cell_parameters(cell.prompt, cell.negative, cell.steps, cell.sampler, cell.cfg, cell.seed,
-                                         spec.width, spec.height,
-                                         [(Path(p).stem, t, u, _hash(p, hashes)) for p, t, u in cell.loras])
                 path = out / f"{spec.name}-{stamp}-z{z}-y{y}-x{x}.png"
-                save_png(image, path, {"parameters": params})
+                save_png(image, path, {"parameters": infotext(cell)})
                 result.cells.append(str(path))
                 result.done += 1
                 if progress is not None:
@@ -289,9 +356,13 @@ def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, 
         if not any(image is not None for row in images for image in row):
             continue  # stopped before this grid began: nothing to lay out
         grid, _ = draw_grid(images, x_labels, y_labels, title=z_labels[z] or None)
+        # A1111's grid infotext: the first cell's whole infotext (prompt, steps, sampler, CFG, seed, size, LoRA
+        # hashes), then the X/Y/Z plot's own fields, so dropping the grid into PNG Info restores the settings
         chunks = grid_text_chunks(spec.x_kind, x_values, spec.y_kind, y_values,
                                   z=(spec.z_kind, [z_values[z]]) if spec.z_kind != "nothing" else None,
-                                  extra={"prompt": spec.prompt, "negative": spec.negative, "seed": str(spec.seed),
+                                  texts={"x": spec.x_values, "y": spec.y_values, "z": spec.z_values},
+                                  extra={"parameters": infotext(rows[0][0]),
+                                         "prompt": spec.prompt, "negative": spec.negative, "seed": str(spec.seed),
                                          "steps": str(spec.steps), "sampler": sampler_name(spec.sampler),
                                          "warnings": json.dumps(warnings),
                                          "charlora.files": json.dumps(result.files_used),
@@ -354,8 +425,8 @@ def seed_batch(spec: SeedBatchSpec, renderer: Renderer | None = None, progress=N
         raise EvaluationError("a seed batch needs at least one seed (e.g. 1-8 or 3,5,7)")
     lora = resolve_lora(spec.lora, spec.lora_folder)
     sampler = sampler_name(spec.sampler)
-    clean = parse_prompt(spec.prompt)[0].strip()
-    negative = parse_prompt(spec.negative)[0].strip()
+    clean = parse_prompt(strip_comments(spec.prompt))[0].strip()  # the batch renders `lora` alone
+    negative = strip_comments(spec.negative).strip()  # a <lora:...> tag there stays text, as in A1111
     renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
     loras = [(lora, spec.weight, spec.weight)] if lora is not None else []
     total = len(spec.seeds)

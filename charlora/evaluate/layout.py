@@ -21,7 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..errors import CharLoRAError
 from ..fileio import atomic_path
-from .prompts import AXIS_TITLES, EvaluationError, axis_label, parse_prompt
+from .prompts import AXIS_TITLES, EvaluationError, axis_label, format_lora_tag, parse_prompt
 
 TEXT = (0, 0, 0)
 MISSING = (128, 128, 128)  # a cell not rendered (failed, or the grid was stopped first)
@@ -203,29 +203,28 @@ def _params_line(params: dict) -> str:
     return ", ".join(k if k == v else f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
 
 
-def _num(value: float) -> str:
-    return f"{float(value):.8f}".rstrip("0").rstrip(".")
-
-
 def cell_parameters(prompt, negative, steps, sampler, cfg, seed, width, height, loras=(), extra=None) -> str:
-    """A1111's infotext for one cell: the prompt, "Negative prompt: ...", then
-    `Steps: 20, Sampler: euler_a, CFG scale: 7.0, Seed: 1, Size: 512x512[, extra...], Lora hashes: "..."`.
+    """A1111's infotext for one cell: the prompt (its `<lora:...>` tags where they were typed), "Negative
+    prompt: ...", then `Steps: 20, Sampler: Euler a, CFG scale: 7.0, Seed: 1, Size: 512x512[, extra...],
+    Lora hashes: "..."`. The sampler is written under A1111's name (`euler_a` -> `Euler a`, `DPM++ 2M Karras`,
+    or `DPM++ 2M, Schedule type: Uniform`; charlora.train.sampling.infotext_sampler).
 
     `loras`: (name, te_weight, unet_weight[, hash]) per LoRA applied. A LoRA whose tag the prompt lacks
     (one set by the checkpoint axis) gets `<lora:name:w>` appended, as A1111 does for its "additional
     network" option, so pasting the text into A1111 renders the same cell. A hash (the file's addnet
     sha256, Kohya's sshs_model_hash) goes into "Lora hashes" as its first 12 characters, as A1111."""
+    from ..train.sampling import infotext_sampler  # (that module imports torch; this one needs only Pillow)
+
     mentioned = {tag.name for tag in parse_prompt(prompt).tags}
     tags, hashes = [], {}
     for name, te, unet, *rest in loras:
         if name not in mentioned:
-            weights = _num(te) if te == unet else f"{_num(te)}:{_num(unet)}"
-            tags.append(f"<lora:{name}:{weights}>")
+            tags.append(format_lora_tag(name, te, unet))
         if rest and rest[0]:
             hashes[name.replace(":", "").replace(",", "")] = rest[0][:12]
     prompt_text = prompt + "".join(tags)
-    params = {"Steps": steps, "Sampler": sampler, "CFG scale": cfg, "Seed": seed, "Size": f"{width}x{height}",
-              **(extra or {})}
+    params = {"Steps": steps, **infotext_sampler(sampler), "CFG scale": cfg, "Seed": seed,
+              "Size": f"{width}x{height}", **(extra or {})}
     if hashes:
         params["Lora hashes"] = ", ".join(f"{k}: {v}" for k, v in hashes.items())
     negative_text = f"\nNegative prompt: {negative}" if negative else ""
@@ -239,11 +238,13 @@ def _values_text(values) -> str:
         return out.getvalue().strip()
 
 
-def grid_text_chunks(x_kind, x_values, y_kind, y_values, z=None, extra=None) -> dict:
+def grid_text_chunks(x_kind, x_values, y_kind, y_values, z=None, extra=None, texts=None) -> dict:
     """PNG text for a grid: "charlora.grid" (JSON: each axis' kind, title, values and labels) and
     "parameters" as A1111 writes on an X/Y/Z grid: `Script: X/Y/Z plot, X Type: CFG Scale,
     X Values: "7,8"` (seeds also `Fixed X Values`). `z`: (kind, values) or None. `extra`: more chunks;
-    its "parameters", if any, is the first cell's infotext, which the grid line extends (as A1111 does)."""
+    its "parameters", if any, is the first cell's infotext, which the grid line extends (as A1111 does).
+    `texts`: {"x": the values as the user typed them, ...}; A1111 writes those (`1-5 (+2)` stays a range),
+    else the values are written back as CSV."""
     axes = {"x": (x_kind, x_values), "y": (y_kind, y_values)}
     if z is not None:
         axes["z"] = (z[0], z[1] if isinstance(z[1], (list, tuple)) else [z[1]])
@@ -257,7 +258,8 @@ def grid_text_chunks(x_kind, x_values, y_kind, y_values, z=None, extra=None) -> 
         if kind != "nothing":
             axis = letter.upper()
             script[f"{axis} Type"] = AXIS_TITLES[kind]
-            script[f"{axis} Values"] = _values_text(values)
+            typed = str((texts or {}).get(letter) or "").strip()
+            script[f"{axis} Values"] = typed or _values_text(values)
             if kind == "seed":
                 script[f"Fixed {axis} Values"] = ", ".join(str(v) for v in values)
     chunks = dict(extra or {})

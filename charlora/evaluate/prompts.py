@@ -3,8 +3,11 @@
 - `<lora:NAME:W>` tags: A1111's `modules/extra_networks.py` (`re_extra_net`, `ExtraNetworkParams`) and
   `extensions-builtin/Lora/extra_networks_lora.py` (weights, `te=`/`unet=`).
 - LoRA names: A1111's `networks.py` (file stem, else the `ss_output_name` alias when no other file
-  shares it). CharLoRA adds Kohya epoch names: `NAME-2` finds `NAME-000002.safetensors`, and the last
-  epoch's `NAME-4` finds `NAME.safetensors` (Kohya saves the last epoch under the plain name).
+  shares it), over the LoRA folder and its subfolders in A1111's order (`modules/util.py` walk_files: folders
+  and files in natural sort order; on a name clash the last file listed wins). CharLoRA adds Kohya epoch
+  names: `NAME-2` finds `NAME-000002.safetensors`, and the last epoch's `NAME-4` finds `NAME.safetensors`
+  (Kohya saves the last epoch under the plain name).
+- Comments: A1111's `modules/processing_scripts/comments.py` (`strip_comments`, on by default since 1.8).
 - Axis values: A1111's `scripts/xyz_grid.py` (`csv_string_to_list_strip`, `re_range*`, `apply_prompt`,
   `format_value_add_label`).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from dataclasses import dataclass
 from io import StringIO
@@ -81,6 +85,54 @@ def _lora_tag(args: str, text: str, warnings: list) -> LoraTag:
     return LoraTag(positional[0], te, unet, text)
 
 
+def strip_comments(text: str) -> str:
+    """A1111's prompt comments (modules/processing_scripts/comments.py, "Enable comments", on by default): a
+    `#` hides the text up to the end of its line. Applied, as there, after Prompt S/R and before the
+    `<lora:...>` tags are read, to the prompt and the negative prompt: `portrait\n# old: <lora:b:1>\n<lora:a:1>`
+    applies only `a`. The two substitutions are A1111's, verbatim."""
+    text = re.sub('(^|\n)#[^\n]*(\n|$)', '\n', text or "")  # whole line comment
+    text = re.sub('#[^\n]*(\n|$)', '\n', text)  # in the middle of the line comment
+    return text
+
+
+def negative_lora_note(negative: str) -> str | None:
+    """A1111 reads extra-network tags from the prompt only: `<lora:...>` in the negative prompt stays there as
+    text (the text encoder sees it) and applies no LoRA. CharLoRA does the same, and says so."""
+    tags = [m.group(0) for m in RE_EXTRA_NET.finditer(negative or "")]
+    if not tags:
+        return None
+    return (f"negative prompt: {', '.join(tags)} applies no LoRA and stays in the negative prompt as text, as in "
+            "AUTOMATIC1111 (LoRAs are read from the prompt only); remove it if that is not what you want")
+
+
+def lora_tag_of(text: str) -> LoraTag | None:
+    """The LoraTag of one `<lora:...>`/`<lyco:...>` tag as written; None for another kind of tag."""
+    match = RE_EXTRA_NET.fullmatch(text)
+    if match is None or match.group(1) not in LORA_TYPES:
+        return None
+    return _lora_tag(match.group(2), text, [])
+
+
+def _num(value: float) -> str:
+    return f"{float(value):.8f}".rstrip("0").rstrip(".")
+
+
+def format_lora_tag(name: str, te: float, unet: float) -> str:
+    """`<lora:NAME:W>`, or `<lora:NAME:TE:UNET>` when the weights differ (A1111's syntax)."""
+    return f"<lora:{name}:{_num(te)}>" if te == unet else f"<lora:{name}:{_num(te)}:{_num(unet)}>"
+
+
+def rename_lora_tag(text: str, name: str) -> str:
+    """The tag as written with its name replaced (weights and named arguments kept as typed)."""
+    match = RE_EXTRA_NET.fullmatch(text)
+    items = match.group(2).split(":")
+    for i, item in enumerate(items):
+        if len(item.split("=", 2)) != 2:  # the first positional item is the name
+            items[i] = name
+            break
+    return f"<{match.group(1)}:{':'.join(items)}>"
+
+
 def parse_prompt(prompt: str) -> ParsedPrompt:
     """Remove every `<type:args>` tag as A1111 does (`re.sub` with ""), keeping the rest as is.
 
@@ -121,9 +173,40 @@ RE_KOHYA_EPOCH = re.compile(r"(.+)-(\d{6})")  # Kohya's epoch files: NAME-000002
 RE_SHORT_EPOCH = re.compile(r"(.+)-(\d+)")
 
 
+def natural_sort_key(text: str, regex=re.compile("([0-9]+)")) -> list:
+    """A1111's modules/util.natural_sort_key: "v2" before "v10", case ignored."""
+    return [int(part) if part.isdigit() else part.lower() for part in regex.split(text)]
+
+
 def _lora_files(folder: Path) -> list[Path]:
-    # A1111 compares the extension in lower case
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".safetensors" and p.is_file())
+    """The .safetensors files in `folder` and its subfolders, in A1111's walk_files order: folders sorted by
+    their natural sort key, then the files of each (the extension compared in lower case, links followed;
+    hidden folders included, A1111's default). A folder reached twice through links is listed once."""
+    walked, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back to a folder already listed: A1111 would loop; list it once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        walked.append((root, files))
+    found = []
+    for root, files in sorted(walked, key=lambda item: natural_sort_key(item[0])):
+        for name in sorted(files, key=natural_sort_key):
+            path = Path(root) / name
+            if path.suffix.lower() == ".safetensors" and path.is_file():
+                found.append(path)
+    return found
+
+
+def _by_stem(files) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """({stem: file}, {stem: [every file with that stem]}): as A1111's available_networks, the last file listed
+    wins a name shared by files in different folders."""
+    stems, all_files = {}, {}
+    for path in files:
+        stems[path.stem] = path
+        all_files.setdefault(path.stem, []).append(path)
+    return stems, {stem: paths for stem, paths in all_files.items() if len(paths) > 1}
 
 
 def _epoch_aliases(files) -> dict[str, Path]:
@@ -138,7 +221,7 @@ def _epoch_aliases(files) -> dict[str, Path]:
 def kohya_epoch_aliases(folder: str | Path) -> dict[str, Path]:
     """CharLoRA's addition to A1111's names: {"NAME-2": .../NAME-000002.safetensors}, so a Prompt S/R over
     epoch numbers (`chk,2,4,6`) works on Kohya's file names without renaming them."""
-    return _epoch_aliases(_lora_files(Path(folder)))
+    return _epoch_aliases(_by_stem(_lora_files(Path(folder)))[0].values())
 
 
 def _not_found(name: str) -> str:
@@ -146,7 +229,9 @@ def _not_found(name: str) -> str:
 
 
 class LoraIndex:
-    """The LoRA files of one folder, looked up as A1111 does; each header is read at most once."""
+    """The LoRA files of one folder and its subfolders, looked up as A1111 does; each header is read at most
+    once. `files`: every file in A1111's order; `stems`: the file each name finds (the last one listed, as
+    A1111); `clashes`: {name: [files]} for names that several files share."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -154,8 +239,8 @@ class LoraIndex:
             raise EvaluationError(f"LoRA folder {self.folder} does not exist or is not a folder; "
                                   "choose the folder that holds your .safetensors files")
         self.files = _lora_files(self.folder)
-        self.stems = {p.stem: p for p in self.files}
-        self.epochs = _epoch_aliases(self.files)
+        self.stems, self.clashes = _by_stem(self.files)
+        self.epochs = _epoch_aliases(self.stems.values())
         self._aliases: dict[str, list[Path]] | None = None
         self._metadata: dict[Path, dict] = {}
         self.unreadable: list[str] = []  # files whose header could not be read (no alias from them)
@@ -182,20 +267,37 @@ class LoraIndex:
                     self._aliases.setdefault(alias, []).append(path)
         return self._aliases
 
+    def relative(self, path: Path) -> str:
+        """The file as the user sees it in the folder: `chars/x.safetensors`."""
+        try:
+            return Path(path).relative_to(self.folder).as_posix()
+        except ValueError:
+            return str(path)
+
+    def _clash_note(self, stem: str) -> str | None:
+        paths = self.clashes.get(stem)
+        if not paths:
+            return None
+        used = self.relative(self.stems[stem])
+        return (f"{len(paths)} LoRA files are named '{stem}' ({', '.join(self.relative(p) for p in paths)}): "
+                f"{used} is used, as AUTOMATIC1111 uses the last one it lists; rename the others to choose")
+
     def resolve(self, name: str) -> tuple[Path | None, str | None]:
-        """(path, None) or (None, warning). Order: exact file stem (A1111), Kohya epoch name
-        `NAME-<n>` -> `NAME-<n:06d>` (CharLoRA), or `NAME.safetensors` when its ss_epoch is n (Kohya writes
-        the last epoch there, never as `NAME-<n:06d>`), then an `ss_output_name` no other file shares
-        (A1111: a shared alias is "forbidden" and only file names work)."""
+        """(path, None), (None, warning), or (path, note) when several files share the name. Order: exact file
+        stem, in the folder or a subfolder (A1111), Kohya epoch name `NAME-<n>` -> `NAME-<n:06d>` (CharLoRA),
+        or `NAME.safetensors` when its ss_epoch is n (Kohya writes the last epoch there, never as
+        `NAME-<n:06d>`), then an `ss_output_name` no other file shares (A1111: a shared alias is "forbidden"
+        and only file names work)."""
         if name in self.stems:
-            return self.stems[name], None
+            return self.stems[name], self._clash_note(name)
         m = RE_SHORT_EPOCH.fullmatch(name)
         if m and f"{m.group(1)}-{int(m.group(2))}" in self.epochs:
-            return self.epochs[f"{m.group(1)}-{int(m.group(2))}"], None
+            path = self.epochs[f"{m.group(1)}-{int(m.group(2))}"]
+            return path, self._clash_note(path.stem)
         if m and m.group(1) in self.stems:
             final = self.stems[m.group(1)]
             if self.metadata(final).get("ss_epoch", "").strip() == str(int(m.group(2))):
-                return final, None
+                return final, self._clash_note(final.stem)
         paths = self.aliases().get(name, [])
         if len(paths) == 1:
             return paths[0], None
@@ -205,9 +307,19 @@ class LoraIndex:
                           "so it names none of them: write the file name instead")
         return None, _not_found(name)
 
+    def a1111_name(self, name: str, path: Path) -> str:
+        """The name AUTOMATIC1111 finds `path` by: `name` itself when A1111 resolves it to that file (its stem,
+        or an ss_output_name no other file shares), else the file stem (a CharLoRA epoch name such as `NAME-2`
+        means nothing to A1111). Written into infotexts, so that pasting them into A1111 uses the same file."""
+        if self.stems.get(name) == path:
+            return name
+        if name not in self.stems and self.aliases().get(name) == [path]:
+            return name
+        return Path(path).stem
+
     def names(self) -> list[str]:
-        """The names to offer a user: every file stem, in order."""
-        return [p.stem for p in self.files]
+        """The names to offer a user: every file stem, in A1111's order, each once."""
+        return list(dict.fromkeys(p.stem for p in self.files))
 
 
 def resolve_lora(name, folder) -> Path | None:
@@ -232,7 +344,8 @@ def resolve_lora(name, folder) -> Path | None:
         return path
     names = index.names()
     if not names:
-        raise EvaluationError(f"LoRA {text!r} not found: {folder} holds no .safetensors files; choose the folder "
+        raise EvaluationError(f"LoRA {text!r} not found: {folder} holds no .safetensors files (nor do its "
+                              "subfolders); choose the folder "
                               "your training wrote to")
     shown = ", ".join(names[:30]) + (f", ... ({len(names) - 30} more)" if len(names) > 30 else "")
     detail = warning.split("; ", 1)[1] if "; " in (warning or "") else ""  # an ambiguous ss_output_name

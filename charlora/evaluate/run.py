@@ -20,8 +20,8 @@ from ..fileio import atomic_write_text
 from ..train.sampling import sampler_name
 from .grid import Cell, GenerationSettings, Renderer
 from .keep import run_files
-from .prompts import parse_prompt
-from .score import BASELINE_NAME, load_embedder, score_images, score_report, tiny_clip
+from .prompts import parse_prompt, strip_comments
+from .score import BASELINE_NAME, score_images, score_report, scorer_for
 
 
 @dataclass(kw_only=True)
@@ -33,7 +33,8 @@ class ScoreSpec(GenerationSettings):
     output_dir: str
     prompts: list = field(default_factory=lambda: ["portrait of a girl"])
     seeds: list = field(default_factory=lambda: [1, 2, 3, 4])
-    scorer: str = ""  # local folder, SD folder with safety_checker, Hub id, or "tiny" (tests and demos)
+    scorer: str = ""  # "" (default), a CLIP folder, an SD folder with safety_checker, a Hub id, or "tiny"
+    # (score.SCORER_HELP says each in words; "tiny" is a random CLIP to try scoring offline, its scores mean nothing)
     caption_extension: str = ".txt"
 
 
@@ -62,11 +63,13 @@ def score_run(spec: ScoreSpec, renderer: Renderer | None = None, embedder=None, 
     if not files:
         raise CharLoRAError(f"no LoRA files named {spec.output_name}-000001.safetensors ... {spec.output_name}"
                             f".safetensors in {spec.lora_folder}; check the folder and output_name")
-    if embedder is None:
-        embedder = tiny_clip() if spec.scorer == "tiny" else load_embedder(spec.scorer or spec.base_model)
+    if embedder is None:  # loaded before any image is rendered: a scorer that cannot load stops at once
+        embedder = scorer_for(spec.scorer, spec.base_model)
     renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
     train_embs = embedder.embed_images(training_images(spec.train_data_dir, spec.caption_extension))
-    prompts = [parse_prompt(p)[0].strip() for p in spec.prompts]  # the checkpoint is applied, not named
+    # the checkpoint is applied, not named: tags and comments go, as in A1111
+    prompts = [parse_prompt(strip_comments(p))[0].strip() for p in spec.prompts]
+    negative = strip_comments(spec.negative).strip()  # a <lora:...> tag there stays text, as in A1111
     out = Path(spec.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     total = (len(files) + 1) * len(prompts) * len(spec.seeds)
@@ -80,7 +83,7 @@ def score_run(spec: ScoreSpec, renderer: Renderer | None = None, embedder=None, 
             for seed in spec.seeds:
                 if stop is not None and stop():
                     raise StopScoring
-                cell = Cell(prompt, spec.negative, spec.cfg, seed, spec.steps, sampler,
+                cell = Cell(prompt, negative, spec.cfg, seed, spec.steps, sampler,
                             [(lora, 1.0, 1.0)] if lora else [], ("", "", ""))
                 image = renderer.render(cell, spec.width, spec.height)
                 path = out / f"score-{label}-p{p_index}-s{seed}.png"

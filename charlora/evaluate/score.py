@@ -39,6 +39,13 @@ import torch
 from ..errors import CharLoRAError, ModelLoadError
 
 DEFAULT_SCORER = "openai/clip-vit-large-patch14"  # the CLIP SD 1.5's text encoder comes from
+TINY_SCORER = "tiny"  # a random tiny CLIP: tries scoring without any download; its numbers mean nothing
+TINY_NOTE = (f"to try scoring offline, use the scorer '{TINY_SCORER}' (--scorer {TINY_SCORER}): a random tiny CLIP "
+             "for tests and demos, its scores mean nothing")
+SCORER_HELP = (f"empty: the base model's safety checker when it is a diffusers folder with safety_checker/, else "
+               f"{DEFAULT_SCORER} (downloaded once into the Hugging Face cache); a folder with a saved CLIPModel "
+               f"(+ CLIPProcessor files); a Hugging Face id; or '{TINY_SCORER}' to try scoring offline (a random "
+               "tiny CLIP: its scores mean nothing)")
 COPY_THRESHOLD = 0.95
 PROMPT_MARGIN = 0.03
 IDENTITY_MARGIN = 0.02
@@ -177,8 +184,28 @@ def _from_clip_model(model, tokenizer, name, preprocessing=None, device="cpu") -
 # Loading a scorer
 
 
+def scorer_for(scorer: str, base_model: str = "", device="cpu") -> Embedder:
+    """The scorer a user chose (the Scorer field, `score --scorer`; SCORER_HELP says it in words):
+    "tiny" (any case) -> tiny_clip(); a folder or Hub id -> load_embedder; empty -> the base model's safety
+    checker when the base model is a diffusers folder that has one (no download), else DEFAULT_SCORER, fetched
+    from the Hub once and then read from its cache (a single-file base model has no CLIP image tower)."""
+    from ..models.loading import clean_path
+
+    text = str(scorer or "").strip().strip('"').strip("'").strip()
+    if text.lower() == TINY_SCORER:
+        return tiny_clip()
+    if text:
+        return load_embedder(text, device)
+    base = clean_path(base_model) if base_model else None
+    if base is not None and base.is_dir() and (base / "safety_checker").is_dir():
+        return load_embedder(str(base), device)
+    return load_embedder(DEFAULT_SCORER, device)
+
+
 def load_embedder(source: str, device="cpu") -> Embedder:
     """A scorer from a local CLIP folder, an SD 1.5 diffusers folder (its safety checker) or a Hub id."""
+    if str(source).strip().lower() == TINY_SCORER:
+        return tiny_clip()
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "safety_checker").is_dir():
@@ -186,12 +213,12 @@ def load_embedder(source: str, device="cpu") -> Embedder:
         config_file = path / "config.json"
         if not config_file.is_file() and (path / "model_index.json").is_file():
             raise CharLoRAError(f"{str(path)!r} is a diffusers folder saved without safety_checker/, so it has no "
-                                "image tower to score with: choose a folder with a saved CLIPModel, or a Hugging Face "
-                                f"id such as {DEFAULT_SCORER!r}")
+                                "image tower to score with: leave the scorer empty (it then uses "
+                                f"{DEFAULT_SCORER}), or choose a folder with a saved CLIPModel; {TINY_NOTE}")
         if not config_file.is_file():
             raise CharLoRAError(f"scorer folder {str(path)!r} has no config.json: choose a folder with a saved "
                                 "transformers CLIPModel, or a Stable Diffusion 1.5 diffusers folder with "
-                                "safety_checker/")
+                                f"safety_checker/; {TINY_NOTE}")
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -202,12 +229,13 @@ def load_embedder(source: str, device="cpu") -> Embedder:
                                   preprocessing=_read_preprocessing(path))
     if path.exists():
         raise CharLoRAError(f"scorer {str(path)!r} is a file, not a folder: choose a folder with a saved CLIPModel, "
-                            "a Stable Diffusion 1.5 diffusers folder, or a Hugging Face model id")
+                            "a Stable Diffusion 1.5 diffusers folder, or a Hugging Face model id (or leave the scorer "
+                            f"empty: {DEFAULT_SCORER}); {TINY_NOTE}")
     if _looks_like_hub_id(source):
         return _load_from_hub(source, device)
     raise CharLoRAError(f"scorer {source!r} not found: no such folder. Choose a folder with a saved CLIPModel, a "
                         f"Stable Diffusion 1.5 diffusers folder (its safety_checker/ is used), or a Hugging Face id "
-                        f"such as {DEFAULT_SCORER!r}")
+                        f"such as {DEFAULT_SCORER!r}; {TINY_NOTE}")
 
 
 def _looks_like_hub_id(source: str) -> bool:
@@ -226,22 +254,29 @@ def _load_from_hub(repo_id: str, device) -> Embedder:
         return _load_transformers(repo_id, config, local_only=True, name=repo_id, device=device)
     except (OSError, ValueError, CharLoRAError) as exc:
         error = exc  # not (fully) cached
-    if not constants.HF_HUB_OFFLINE:
-        if not _hub_reachable(constants.ENDPOINT):
-            # Without this probe huggingface_hub retries with back-off for ~25 s before giving up.
-            error = OSError(f"cannot connect to {constants.ENDPOINT}")
+    unreachable = None
+    if constants.HF_HUB_OFFLINE:
+        unreachable = "offline mode: HF_HUB_OFFLINE is set"
+    elif not _hub_reachable(constants.ENDPOINT):
+        # Without this probe huggingface_hub retries with back-off for ~25 s before giving up.
+        unreachable = f"cannot connect to {constants.ENDPOINT}"
+    else:
+        try:
+            config, _ = PretrainedConfig.get_config_dict(repo_id)  # downloads once, into the HF cache
+        except (OSError, ValueError) as exc:
+            error = exc
         else:
-            try:
-                config, _ = PretrainedConfig.get_config_dict(repo_id)
-            except (OSError, ValueError) as exc:
-                error = exc
-            else:
-                return _load_transformers(repo_id, config, local_only=False, name=repo_id, device=device)
-    offline = " (offline mode: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+            return _load_transformers(repo_id, config, local_only=False, name=repo_id, device=device)
+    where = ("run once online (it is downloaded once, into the Hugging Face cache), or download it into a folder "
+             "(the CLIPModel and CLIPProcessor files: config.json, model.safetensors, the tokenizer files and "
+             "preprocessor_config.json) and give that folder as the Scorer (--scorer FOLDER); a Stable Diffusion 1.5 "
+             f"diffusers folder with safety_checker/ works too, without a download; {TINY_NOTE}")
+    if unreachable:
+        raise CharLoRAError(f"the scorer {repo_id} is not on this computer and the Hugging Face Hub cannot be reached "
+                            f"({unreachable}): {where}") from None
     detail = str(error).splitlines()[0].rstrip(".") if str(error) else type(error).__name__
-    raise CharLoRAError(f"scorer model {repo_id!r} could not be fetched from the Hugging Face Hub{offline}: {detail}. "
-                        "Use a local folder with a saved CLIPModel, or your Stable Diffusion 1.5 diffusers folder "
-                        "(its safety_checker/ holds a CLIP ViT-L/14 image tower and needs no download)") from None
+    raise CharLoRAError(f"the scorer {repo_id} could not be fetched from the Hugging Face Hub ({detail}): check the "
+                        f"id, or {where}") from None
 
 
 def _hub_reachable(endpoint: str, timeout=3.0) -> bool:

@@ -46,51 +46,109 @@ SAMPLERS = {
     "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
     "k_dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
 }
-# AUTOMATIC1111's display names -> Kohya's name when one is the same sampler, else the diffusers scheduler
-# its documentation gives as the equivalent (same classes as above, with Karras sigmas or the SDE variant).
+# AUTOMATIC1111 1.10's samplers (modules/sd_samplers_kdiffusion.py, sd_samplers_timesteps.py) -> the diffusers
+# scheduler that is the same sampler (diffusers' own table of A1111 equivalents), and the schedule A1111 1.10
+# uses when "Schedule type" is Automatic (the sampler's `scheduler` option; None: the model's own sigmas, which
+# is A1111's "Uniform"). A name with a schedule ("DPM++ 2M Karras", "Euler Exponential") picks it, as A1111's
+# get_sampler_and_scheduler reads such names. DDIM, PLMS and UniPC work on timesteps and take no schedule.
 A1111_SAMPLERS = {
-    "Euler a": "euler_a",
-    "Euler": "euler",
-    "LMS": "lms",
-    "Heun": "heun",
-    "DPM2": "dpm_2",
-    "DPM2 a": "dpm_2_a",
-    "DPM++ 2M": "dpmsolver++",
-    "DDIM": "ddim",
-    "PLMS": "pndm",
-    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
-    "DPM2 Karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
-    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
-    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
-    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++",
-                                                            "use_karras_sigmas": True}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}, None),
+    "Euler": ("EulerDiscreteScheduler", {}, None),
+    "LMS": ("LMSDiscreteScheduler", {}, None),
+    "Heun": ("HeunDiscreteScheduler", {}, None),
+    "DPM2": ("KDPM2DiscreteScheduler", {}, "Karras"),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}, "Karras"),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}, "Karras"),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}, "Karras"),  # needs torchsde, as diffusers says
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "Exponential"),
+    "DDIM": ("DDIMScheduler", {}, None),
+    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}, None),  # ldm's PLMS: no Runge-Kutta warm-up
+    # A1111's UniPC options: variant bh1, order 3, lower order final, time_uniform skip type (linspace), ending
+    # at t = 1/N, not at sigma 0 (where bh1 divides by zero)
+    "UniPC": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True,
+                                          "final_sigmas_type": "sigma_min"}, None),
 }
-# Every name a grid, seed batch or score accepts (case-insensitively), for a dropdown: Kohya's, then A1111's
-# ("Euler", "DDIM", "LMS", "Heun" are Kohya's names in other case, so they are listed once, Kohya's way).
-SAMPLER_CHOICES = tuple(SAMPLERS) + tuple(n for n in A1111_SAMPLERS if n.lower() not in SAMPLERS)
-_BY_LOWER = {n.lower(): n for n in SAMPLER_CHOICES}
+TIMESTEP_SAMPLERS = ("DDIM", "PLMS", "UniPC")  # A1111 ignores the schedule type for these
+# A1111's schedule labels -> the diffusers option giving the same sigmas (Karras rho 7 and exponential, both
+# between the model's sigma_min and sigma_max, as A1111 1.6+ uses them).
+SCHEDULES = {"Uniform": {}, "Karras": {"use_karras_sigmas": True}, "Exponential": {"use_exponential_sigmas": True}}
+# Schedules diffusers offers per class (EulerAncestralDiscreteScheduler has no sigma options).
+_SCHEDULABLE = {"EulerDiscreteScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+                "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler"}
+# Kohya's name -> A1111's, where CharLoRA builds the very same scheduler for both (for the infotext).
+KOHYA_TO_A1111 = {"euler_a": "Euler a", "k_euler_a": "Euler a", "euler": "Euler", "k_euler": "Euler", "lms": "LMS",
+                  "k_lms": "LMS", "heun": "Heun", "dpm_2": "DPM2 Uniform", "k_dpm_2": "DPM2 Uniform",
+                  "dpm_2_a": "DPM2 a Uniform", "k_dpm_2_a": "DPM2 a Uniform", "dpmsolver++": "DPM++ 2M Uniform",
+                  "ddim": "DDIM"}
+
+
+def _a1111_names() -> dict[str, tuple[str, str | None]]:
+    """{accepted A1111 name: (sampler, schedule or None)}: every sampler alone, and each with every schedule
+    diffusers can give it ("DPM++ 2M Karras", "Euler Uniform", ...)."""
+    names = {}
+    for sampler, (class_name, _, default) in A1111_SAMPLERS.items():
+        names[sampler] = (sampler, default)
+        if class_name in _SCHEDULABLE and sampler not in TIMESTEP_SAMPLERS:
+            for schedule in SCHEDULES:
+                names[f"{sampler} {schedule}"] = (sampler, schedule)
+    return names
+
+
+A1111_NAMES = _a1111_names()
+# What a dropdown lists: Kohya's names, then A1111's samplers and the familiar "... Karras" names of A1111 < 1.9
+# ("Euler", "DDIM", "LMS", "Heun" are Kohya's names in other case: the same scheduler, listed once, Kohya's way).
+# Every name in A1111_NAMES is accepted, listed or not.
+_LISTED = tuple(A1111_SAMPLERS) + ("LMS Karras", "DPM2 Karras", "DPM2 a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras",
+                                   "DPM++ 2M SDE Karras")
+SAMPLER_CHOICES = tuple(SAMPLERS) + tuple(n for n in _LISTED if n.lower() not in SAMPLERS)
+_BY_LOWER = {n.lower(): n for n in tuple(A1111_NAMES) + SAMPLER_CHOICES}  # Kohya's spelling wins a tie
 
 
 def sampler_name(name: str, setting: str = "sampler") -> str:
     """The accepted spelling of a Kohya or A1111 sampler name, matched case-insensitively; `setting` names
     the option in the message when the name is not known."""
-    found = _BY_LOWER.get(str(name or "").strip().lower())
+    found = _BY_LOWER.get(" ".join(str(name or "").split()).lower())
     if found is None:
-        raise CharLoRAError(f"{setting} {name!r} is not known; choose one of: {', '.join(SAMPLER_CHOICES)}")
+        raise CharLoRAError(f"{setting} {name!r} is not known; choose one of: {', '.join(SAMPLER_CHOICES)} "
+                            f"(or an A1111 sampler with a schedule type: Uniform, Karras or Exponential, "
+                            f"e.g. 'DPM++ 2M Uniform')")
     return found
 
 
 def _scheduler(name: str, setting: str = "sampler") -> tuple[str, dict]:
     """(diffusers class name, extra config) of a Kohya or A1111 sampler name."""
     name = sampler_name(name, setting)
-    entry = A1111_SAMPLERS.get(name, name)
-    return SAMPLERS[entry] if isinstance(entry, str) else entry
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    sampler, schedule = A1111_NAMES[name]
+    class_name, extra = A1111_SAMPLERS[sampler][:2]
+    return class_name, {**extra, **SCHEDULES.get(schedule, {})}
+
+
+def infotext_sampler(name: str) -> dict:
+    """The sampler as A1111 writes it in an infotext, so that pasting it into A1111 (1.10, and the versions
+    before the Schedule type field) picks the same sampler and schedule: {"Sampler": "DPM++ 2M Karras"},
+    {"Sampler": "Euler a"}, or {"Sampler": "DPM++ 2M", "Schedule type": "Uniform"} where 1.10's Automatic would
+    not be uniform. A Kohya name with no A1111 twin (dpmsolver, pndm, ...) is written as it is."""
+    try:
+        canonical = sampler_name(name)
+    except CharLoRAError:
+        return {"Sampler": str(name)}
+    canonical = KOHYA_TO_A1111.get(canonical, canonical)
+    if canonical not in A1111_NAMES:
+        return {"Sampler": canonical}
+    sampler, schedule = A1111_NAMES[canonical]
+    default = A1111_SAMPLERS[sampler][2]
+    if schedule in (None, "Uniform") and default is None:
+        return {"Sampler": sampler}
+    if schedule == "Uniform":
+        return {"Sampler": sampler, "Schedule type": "Uniform"}
+    return {"Sampler": f"{sampler} {schedule}"}
 
 
 # The parts of the model's scheduler config that sd-scripts also sets (to SD's values).
 _NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
-PNDM_MIN_STEPS = 4  # PNDM's Runge-Kutta warm-up needs at least 4 inference steps
+PNDM_MIN_STEPS = 4  # PNDM's Runge-Kutta warm-up needs at least 4 inference steps (PLMS skips it)
 
 
 @dataclass
@@ -185,9 +243,12 @@ def make_sampler(name: str, scheduler_config):
             warnings.filterwarnings("ignore", category=FutureWarning)
             return getattr(diffusers, class_name).from_config(config, **extra)
     except ImportError as err:
+        text = " ".join(str(err).split())
+        package = re.search(r"requires the (\w+) library", text)
+        package = package.group(1) if package else "scipy"
         raise CharLoRAError(
-            f"sample_sampler {name} needs a package that is not installed ({str(err).strip().splitlines()[0]}); "
-            "install it (pip install scipy) or choose another sample_sampler"
+            f"sample_sampler {name} needs a package that is not installed ({text.split('. ')[0]}); "
+            f"install it (pip install {package}) or choose another sample_sampler"
         ) from None
 
 
@@ -212,9 +273,10 @@ def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_l
     try:
         for sample in prompts:
             name = sample.sampler or sampler
-            if _scheduler(name)[0] == "PNDMScheduler" and sample.steps < PNDM_MIN_STEPS:
+            class_name, extra = _scheduler(name)
+            if class_name == "PNDMScheduler" and not extra.get("skip_prk_steps") and sample.steps < PNDM_MIN_STEPS:
                 raise CharLoRAError(
-                    f"sample prompt {sample.prompt!r}: the pndm sampler needs at least {PNDM_MIN_STEPS} steps "
+                    f"sample prompt {sample.prompt!r}: the {name} sampler needs at least {PNDM_MIN_STEPS} steps "
                     f"(--s {sample.steps}); raise --s or choose another sampler"
                 )
             pipe.scheduler = make_sampler(name, original_scheduler.config)
