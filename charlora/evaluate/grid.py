@@ -8,6 +8,7 @@ bit for bit. One fixed seed for every cell unless an axis is the seed.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from ..errors import CharLoRAError
 from ..models.loading import load_base_model
 from ..train.sampling import SAMPLER_CHOICES, SamplePrompt, generate_samples, sampler_name
 from .layout import cell_parameters, draw_grid, grid_text_chunks, make_sheet, save_png
-from .prompts import (AXIS_KINDS, NO_LORA, RE_EXTRA_NET, EvaluationError, LoraIndex, apply_prompt_sr, axis_label,
-                      format_lora_tag, lora_tag_of, negative_lora_note, parse_axis_values, parse_prompt,
+from .prompts import (AXIS_KINDS, AXIS_TITLES, NO_LORA, RE_EXTRA_NET, EvaluationError, LoraIndex, apply_prompt_sr,
+                      axis_label, format_lora_tag, lora_tag_of, negative_lora_note, parse_axis_values, parse_prompt,
                       rename_lora_tag, resolve_lora, strip_comments)
 
 AXIS_LETTERS = ("X", "Y", "Z")
@@ -37,6 +38,32 @@ class GenerationSettings:
     width: int = 512
     height: int = 512
     clip_skip: int = 1
+
+
+MAX_CELLS = 1000  # hours of rendering even on a GPU: a larger request is a typo, refused before any work
+MAX_SIDE = 2048  # SD 1.5 draws at 512; past 2048 px a single image needs many GB
+MAX_STEPS = 150  # A1111's slider range
+CFG_RANGE = (1.0, 30.0)  # A1111's slider range
+
+
+def check_settings(settings: GenerationSettings) -> None:
+    """Refuse generation settings that cannot make a useful image, naming the value, before any work."""
+    if not isinstance(settings.steps, int) or not 1 <= settings.steps <= MAX_STEPS:
+        raise EvaluationError(f"steps {settings.steps!r}: use 1 to {MAX_STEPS} (20-30 is usual)")
+    low, high = CFG_RANGE
+    if not isinstance(settings.cfg, (int, float)) or not math.isfinite(settings.cfg) or not low <= settings.cfg <= high:
+        raise EvaluationError(f"CFG {settings.cfg!r}: use a number from {low:g} to {high:g} (7 is usual)")
+    for name in ("width", "height"):
+        value = getattr(settings, name)
+        if not isinstance(value, int) or not 64 <= value <= MAX_SIDE:
+            raise EvaluationError(f"{name} {value!r}: use 64 to {MAX_SIDE} pixels (SD 1.5 is made for 512)")
+
+
+def _output_folder(path) -> Path:
+    out = Path(path).absolute()
+    if out.exists() and not out.is_dir():
+        raise EvaluationError(f"output folder {out} is a file; choose a folder (it is created if needed)")
+    return out
 
 
 @dataclass(kw_only=True)
@@ -150,7 +177,17 @@ def _known(sampler: str) -> bool:
 
 def plan_cells(spec: GridSpec, index: LoraIndex) -> tuple[list[list[list[Cell]]], list[str], list]:
     """Cells as [z][y][x], the warnings, and the (labels, values) of the three axes."""
+    kinds = [k for k in (spec.x_kind, spec.y_kind, spec.z_kind) if k != "nothing"]
+    # several Prompt S/R axes are A1111's way to vary two words; any other type twice is a mistake
+    twice = sorted({k for k in kinds if kinds.count(k) > 1 and k in AXIS_KINDS and k != "prompt_sr"})
+    if twice:
+        raise EvaluationError(f"two axes are both {AXIS_TITLES[twice[0]]!r}: each axis type may be used once "
+                              "(put all its values on one axis)")
     axes = [_axis(spec.x_kind, spec.x_values), _axis(spec.y_kind, spec.y_values), _axis(spec.z_kind, spec.z_values)]
+    cells = math.prod(len(a[0]) for a in axes)
+    if cells > MAX_CELLS:
+        raise EvaluationError(f"this grid has {cells:,} cells ({' x '.join(str(len(a[0])) for a in axes)}); at "
+                              f"most {MAX_CELLS:,} are made in one grid: use fewer values")
     sampler = sampler_name(spec.sampler)
     warnings: list[str] = []
     grids = []
@@ -320,10 +357,11 @@ def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, 
 
     `progress(done, total, image)` is called after each cell; `stop()` returning True ends early: the
     grid is still laid out whole, the cells not rendered in grey, and `message` says how far it got."""
+    check_settings(spec)
+    out = _output_folder(spec.output_dir)
     index = LoraIndex(spec.lora_folder)
     grids, warnings, labels = plan_cells(spec, index)
     renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
-    out = Path(spec.output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     total = sum(len(row) for rows in grids for row in rows)
@@ -423,6 +461,10 @@ def seed_batch(spec: SeedBatchSpec, renderer: Renderer | None = None, progress=N
     after each image; `stop()` returning True ends after the current image, keeping what was made."""
     if not spec.seeds:
         raise EvaluationError("a seed batch needs at least one seed (e.g. 1-8 or 3,5,7)")
+    check_settings(spec)
+    if len(spec.seeds) > MAX_CELLS:
+        raise EvaluationError(f"{len(spec.seeds):,} seeds: at most {MAX_CELLS:,} in one batch")
+    _output_folder(Path(spec.output).parent)
     lora = resolve_lora(spec.lora, spec.lora_folder)
     sampler = sampler_name(spec.sampler)
     clean = parse_prompt(strip_comments(spec.prompt))[0].strip()  # the batch renders `lora` alone

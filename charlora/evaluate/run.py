@@ -18,7 +18,7 @@ from ..dataset.images import load_rgb
 from ..errors import CharLoRAError
 from ..fileio import atomic_write_text
 from ..train.sampling import sampler_name
-from .grid import Cell, GenerationSettings, Renderer
+from .grid import Cell, GenerationSettings, Renderer, check_settings
 from .keep import run_files
 from .prompts import parse_prompt, strip_comments
 from .score import BASELINE_NAME, score_images, score_report, scorer_for
@@ -57,6 +57,7 @@ def score_run(spec: ScoreSpec, renderer: Renderer | None = None, embedder=None, 
     ("other_runs": files of other runs with this name) and every file it wrote ("report_file", "images")."""
     if not [p for p in spec.prompts if p.strip()] or not spec.seeds:
         raise CharLoRAError("scoring needs at least one prompt and one seed (prompts: one per line; seeds: e.g. 1-4)")
+    check_settings(spec)
     sampler = sampler_name(spec.sampler)
     run = run_files(Path(spec.lora_folder), spec.output_name)
     files = run.files
