@@ -314,3 +314,20 @@ def test_scoring_without_prompts_is_refused_by_name(run, tiny_model, renderer, t
     with pytest.raises(CharLoRAError, match="at least one prompt"):
         score_run(s, renderer)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_lora_with_nan_weights_is_named_not_rendered_black(run, renderer, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source = sorted((run / "model").glob("*.safetensors"))[0]
+    with safe_open(str(source), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    key = sorted(k for k in tensors if k.endswith("lora_up.weight"))[0]
+    tensors[key] = tensors[key].clone()
+    tensors[key][0, 0] = float("nan")
+    broken = tmp_path / "diverged.safetensors"
+    save_file(tensors, str(broken), metadata=metadata)
+    with pytest.raises(CharLoRAError, match=r"diverged.safetensors holds NaN or infinite values in .*lora_up"):
+        renderer.render(Cell("a girl", "", 7.0, 1, 2, "euler_a", [(str(broken), 1.0, 1.0)], ("", "", "")), 64, 64)

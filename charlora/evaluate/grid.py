@@ -330,6 +330,7 @@ class Renderer:
                                 "archived? Choose it again") from None
         key = (path.resolve(), stat.st_mtime_ns, stat.st_size)  # a retrained file of the same name is new
         if key not in self.adapters:
+            _check_finite(path)
             name = f"lora{len(self.adapters)}"  # peft adapter names must be plain identifiers
             try:
                 with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
@@ -350,6 +351,22 @@ class Renderer:
         sample = SamplePrompt(cell.prompt, cell.negative, width, height, cell.steps, cell.cfg, cell.seed,
                               sampler=cell.sampler)
         return generate_samples(self.pipe, [sample], cell.sampler, self.device, clip_skip=self.clip_skip)[0]
+
+
+def _check_finite(path: Path) -> None:
+    """A LoRA holding NaN or inf (a diverged run) renders black images: name the file instead."""
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception:
+        return  # not a safetensors file: load_lora_weights below says what is wrong
+    with handle:
+        for key in handle.keys():
+            if not bool(torch.isfinite(handle.get_tensor(key)).all()):
+                raise CharLoRAError(f"{path.name} holds NaN or infinite values in {key} (its images would come "
+                                    "out black): the run diverged at or before this file; use an earlier file, "
+                                    "or train again with a lower learning rate")
 
 
 def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, stop=None) -> GridResult:
