@@ -562,7 +562,7 @@ def test_parse_prompt_line_defaults_and_unknown_options():
     p = sampling.parse_prompt_line("cat --x 1 --l abc --w 256 --l 7.5.1 --ss k_dpmpp_2m")
     assert p.width == 256 and p.cfg_scale == 7.5 and p.sampler is None
     assert len(p.warnings) == 4
-    assert "--x 1 is not known" in p.warnings[0] and "--l abc is not known" in p.warnings[1]
+    assert "--x 1 is not known" in p.warnings[0] and "--l abc: --l takes a CFG scale" in p.warnings[1]
     assert "--l 7.5.1 has a bad value" in p.warnings[2] and "--ss k_dpmpp_2m has a bad value" in p.warnings[3]
     # Only the parts after " --" are options (sd-scripts also reads the prompt text itself).
     assert sampling.parse_prompt_line("w 300 cats").width == 512

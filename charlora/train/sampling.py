@@ -187,6 +187,11 @@ _OPTIONS = (
 )
 
 
+_OPTION_WANTS = {"w": "a width in pixels, e.g. --w 512", "h": "a height in pixels, e.g. --h 512",
+                 "d": "a seed, a whole number, e.g. --d 1234", "s": "a number of steps, e.g. --s 28",
+                 "l": "a CFG scale, e.g. --l 7.5"}
+
+
 def parse_prompt_line(line: str, defaults: dict | None = None) -> SamplePrompt:
     """One prompt line in Kohya's syntax; options not understood are listed in `.warnings`."""
     settings = dict(KOHYA_DEFAULTS)
@@ -213,10 +218,17 @@ def parse_prompt_line(line: str, defaults: dict | None = None) -> SamplePrompt:
                     sample.warnings.append(f"sample prompt option --{part.strip()} has a bad value; ignored")
                 break
         else:
-            sample.warnings.append(
-                f"sample prompt option --{part.strip()} is not known; ignored "
-                "(known: --n, --w, --h, --s, --l, --d, --ss)"
-            )
+            letter = part.strip().split(" ", 1)[0].lower()
+            if letter in _OPTION_WANTS:  # a known option with a value it cannot use
+                sample.warnings.append(f"sample prompt option --{part.strip()}: --{letter} takes "
+                                       f"{_OPTION_WANTS[letter]}; ignored")
+            else:
+                sample.warnings.append(f"sample prompt option --{part.strip()} is not known; ignored "
+                                       "(known: --n, --w, --h, --s, --l, --d, --ss)")
+    opened, closed = sample.prompt.count("("), sample.prompt.count(")")
+    if opened != closed:
+        sample.warnings.append(f"sample prompt {sample.prompt!r} has {opened} '(' and {closed} ')': the prompt is "
+                               "used as written, brackets included; balance them if you meant emphasis")
     return sample
 
 
