@@ -6,6 +6,7 @@ folder and renamed over the target: a crash, a full disk or Ctrl-C leaves the ol
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -38,3 +39,20 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(target)
+
+
+# What a full disk looks like from each writer: OSError from Python, SafetensorError's text from
+# safetensors' Rust writer, and torch.save's zip writer failing half-way ("unexpected pos").
+_DISK_FULL_TEXT = ("no space left on device", "unexpected pos", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(exc).lower() for text in _DISK_FULL_TEXT)
+
+
+def disk_full_message(path: str | os.PathLike) -> str:
+    path = Path(path)
+    return (f"the disk is full: {path} was not written. Files saved earlier are intact. Free some space on "
+            f"the disk of {path.parent} (or choose another folder) and run again")

@@ -80,3 +80,13 @@ def test_make_tiny_model_writes_both_forms(tmp_path):
     single = tmp_path / "tiny" / "tiny-sd15.safetensors"
     assert (folder / "model_index.json").is_file() and single.is_file()
     assert str(single) in result.stdout and single.stat().st_size < 20 * 1024 * 1024
+
+
+def test_config_check_into_a_closed_pipe_is_quiet(tmp_path):
+    raw = json.loads(SEED.read_text())
+    raw["sample_prompts"] = "a portrait of wwaa girl --n blurry\n" * 30_000  # ~1 MB: more than a pipe holds
+    (tmp_path / "big.json").write_text(json.dumps(raw))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    shell = subprocess.run(f"'{sys.executable}' -m charlora config check '{tmp_path / 'big.json'}' | head -1",
+                           shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert shell.stdout == "{\n" and shell.stderr == "", shell.stderr

@@ -187,3 +187,27 @@ def test_saved_file_is_readable_by_others(tmp_path):
 
 def test_dump_is_deterministic():
     assert dump_kohya(defaults()) == dump_kohya(dict(reversed(list(defaults().items()))))
+
+
+def test_a_key_given_twice_is_warned_with_both_values(tmp_path):
+    path = write(tmp_path, '{"network_dim": 4, "network_alpha": 1, "network_dim": 64}')
+    loaded = load_config(path)
+    assert loaded.values["network_dim"] == 64
+    assert loaded.warnings == ["network_dim is given 2 times (4 then 64); the last one, 64, is used. Remove the others"]
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped", "sub/name", "..\\up", "C:name", "..", "", "a\tb"])
+def test_output_name_must_be_a_plain_file_name(name):
+    with pytest.raises(ConfigError) as caught:
+        normalize(dict(defaults(), output_name=name))
+    assert "output_name" in str(caught.value) and "file name" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["my_char", "wwaa girl v2", "name.v1", "日本語"])
+def test_plain_output_names_pass(name):
+    assert normalize(dict(defaults(), output_name=name)).values["output_name"] == name
+
+
+def test_a_folder_given_as_the_config_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a JSON file"):
+        load_config(tmp_path)

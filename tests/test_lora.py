@@ -292,7 +292,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("charlora.lora.kohya_file.save_file", full_disk)
-    with pytest.raises(CharLoRAError, match="No space left"):
+    with pytest.raises(CharLoRAError, match="the disk is full: .*girl.safetensors was not written.*earlier are intact"):
         save_lora(net.kohya_tensors(), path, "fp16", metadata_for())
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["girl.safetensors"]
 
@@ -322,3 +322,65 @@ def test_inspect(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "charlora", "lora", "inspect", str(not_lora)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "checkpoint, not a LoRA" in bad.stderr
+
+
+def test_huge_training_comment_is_cut_in_the_file_and_warned(tmp_path):
+    comment = "a long story. " * 300_000 + "end"  # 4.2 MB
+    loaded = normalize(dict(defaults(), network_dim=4, output_name="girl", training_comment=comment))
+    assert any("training_comment is 4,200,003 bytes" in w and "64 KiB" in w for w in loaded.warnings)
+    parts = build_tiny_components()
+    path = save_lora(trained_network(parts["unet"], parts["text_encoder"]).kohya_tensors(),
+                     tmp_path / "girl.safetensors", "fp16", metadata_for(loaded.values))
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    stored = meta["ss_training_comment"]
+    assert len(stored.encode()) <= 64 * 1024 and stored.startswith("a long story.") and "cut by CharLoRA" in stored
+    in_config = json.loads(meta["charlora.config"])["training_comment"]
+    assert len(in_config.encode()) <= 64 * 1024 and "cut by CharLoRA" in in_config
+    assert path.stat().st_size < 400_000  # before: 8 MB (the comment twice)
+
+
+def test_inspect_names_non_finite_tensors_and_writes_valid_json(tmp_path):
+    from charlora.lora.inspect import format_report, to_json
+
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    up = torch.ones(8, 4)
+    up[0, 0] = float("inf")
+    save_file({f"{name}.lora_down.weight": torch.full((4, 8), float("nan")), f"{name}.lora_up.weight": up,
+               f"{name}.alpha": torch.tensor(4.0)}, str(tmp_path / "nan.safetensors"))
+    info = inspect_lora(tmp_path / "nan.safetensors")
+    assert info["verdict"].startswith("damaged") and "loadable" not in info["verdict"]
+    assert info["problems"] == [f"{name}.lora_down.weight holds NaN or infinite values",
+                                f"{name}.lora_up.weight holds NaN or infinite values"]
+    data = json.loads(to_json(info), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert data["block_weight_norms"] == {"unet down_blocks.0": None}
+    assert f"problem:        {name}.lora_down.weight" in format_report(info)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda h, n: h[f"{n}.lora_down.weight"].pop("shape"), "no valid shape"),
+    (lambda h, n: h.__setitem__(f"{n}.lora_up.weight", 7), "not a tensor description"),
+    (lambda h, n: h[f"{n}.alpha"].__setitem__("shape", [3]), "alpha of shape [3]"),
+    (lambda h, n: h[f"{n}.lora_up.weight"].__setitem__("shape", [8, 2]), "its 2nd size must be 4"),
+    (lambda h, n: h[f"{n}.lora_up.weight"].__setitem__("shape", [32]), "lora_up of shape [32]"),
+])
+def test_malformed_headers_are_named(tmp_path, edit, fragment):
+    import struct
+
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    header = {f"{name}.lora_down.weight": {"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 128]},
+              f"{name}.lora_up.weight": {"dtype": "F32", "shape": [8, 4], "data_offsets": [128, 256]},
+              f"{name}.alpha": {"dtype": "F32", "shape": [], "data_offsets": [256, 260]}}
+    edit(header, name)
+    blob = json.dumps(header).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(260))
+    with pytest.raises(LoRAFileError) as caught:
+        inspect_lora(path)
+    assert fragment in str(caught.value) and "bad.safetensors" in str(caught.value) and name in str(caught.value)
+
+
+def test_torch_pickle_named_safetensors_is_named(tmp_path):
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "old.safetensors")
+    with pytest.raises(LoRAFileError, match="PyTorch pickle"):
+        load_lora_weights(tmp_path / "old.safetensors")

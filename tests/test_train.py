@@ -182,8 +182,10 @@ def test_disk_full_while_saving_leaves_earlier_files(tiny_model, data, tmp_path,
 
     monkeypatch.setattr(kohya_file, "save_file", full_after_one)
     result = train(config(tiny_model, data, tmp_path, epoch=3))
-    assert result.status == "failed" and "No space left" in result.message
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".json")) == ["tiny-demo-000001.safetensors"]
+    assert result.status == "failed" and "the disk is full: " in result.message
+    assert "tiny-demo-000002.safetensors was not written" in result.message
+    assert sorted(p.name for p in tmp_path.iterdir()
+                  if not p.name.endswith((".json", ".log"))) == ["tiny-demo-000001.safetensors"]
     load_file(str(tmp_path / "tiny-demo-000001.safetensors"))  # intact
 
 

@@ -8,6 +8,7 @@ Exit codes: 0 done, 2 bad input (the message says which file, key or value), 1 i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
@@ -35,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args) or 0
+        code = args.handler(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `... | head` closed our output: not an error. Point stdout at devnull so the exit flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except CharLoRAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,4 +21,7 @@ def run_inspect(args) -> int:
 
     info = inspect_lora(args.file)
     sys.stdout.write(to_json(info) + "\n" if args.json else format_report(info))
+    if info["problems"]:  # the report is printed, and the exit code says the file is not usable
+        print(f"error: {info['file']} is {info['verdict']}", file=sys.stderr)
+        return 2
     return 0

@@ -41,6 +41,8 @@ class ConsoleProgress:
         elif isinstance(event, Step) and self.bar is not None:
             self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}", avg=f"{event.average_loss:.4f}")
+        elif isinstance(event, Message) and event.level == "error":
+            pass  # the run's final message says it, once (run_train prints it)
         elif isinstance(event, (Saved, SamplesSaved, Message)):
             text = {Saved: lambda e: f"saved {e.path}", SamplesSaved: lambda e: f"samples: {', '.join(e.paths)}",
                     Message: lambda e: f"{e.level}: {e.text}"}[type(event)](event)
@@ -87,7 +89,10 @@ def run_train(args) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     if main:
-        print(result.message, file=sys.stderr if result.status == "failed" else sys.stdout)
+        if result.traceback and getattr(args, "debug", False):
+            print(result.traceback, file=sys.stderr, end="")
+        print(("error: " if result.status == "failed" else "") + result.message,
+              file=sys.stderr if result.status == "failed" else sys.stdout)
     if result.status == "failed":
         return 1 if result.message.startswith("internal error") else 2
     return 0

@@ -7,7 +7,10 @@ Nothing here stops on a bad file: every problem is recorded with its file for th
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,11 @@ KOHYA_DEFAULT_CAPTION_EXTENSION = ".caption"  # what sd-scripts uses when the GU
 _IGNORED_FILES = (".npz",)  # Kohya's own latent cache files sit beside the images
 _CONCEPT = re.compile(r"^(\d+)_(.*)$")
 LAYOUT_HINT = "train_data_dir must be the parent of folders like 10_name (10 = repeats, name = class tokens)"
+# Past these, a folder name is a typo (999999999_name made training die of memory at 15 GB).
+MAX_REPEATS = 10000
+MIN_IMAGE_SIDE = 8  # one latent pixel: a smaller image cannot be encoded at all
+MAX_CAPTION_BYTES = 1 << 20  # a caption file past 1 MiB is not read (CLIP reads about 75 tokens)
+LONG_CAPTION_CHARS = 1000
 
 
 class DatasetError(CharLoRAError):
@@ -81,9 +89,55 @@ def parse_concept_name(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
+def check_repeats(folder: Path, repeats: int, key: str) -> None:
+    """Refuse an absurd repeat count before any image is read."""
+    if repeats > MAX_REPEATS:
+        raise DatasetError(f"{key} folder {str(folder)!r}: repeat count {repeats} is over {MAX_REPEATS}, "
+                           f"almost certainly a typo; rename the folder with a count like 10_name")
+
+
+def refuse_absurd_repeats(parent: Path, is_reg: bool) -> None:
+    """Check every concept folder name under `parent` before any image is read."""
+    key = "reg_data_dir" if is_reg else "train_data_dir"
+    for entry in parent.iterdir():
+        parsed = parse_concept_name(entry.name)
+        if parsed and not entry.name.startswith(".") and entry.is_dir():
+            check_repeats(entry, parsed[0], key)
+
+
+def odd_entry(path: Path) -> str | None:
+    """Why a directory entry is not a plain file or folder (a dangling link, a link loop, a FIFO...), or None.
+
+    Uses stat, never open: opening a FIFO would block the scan forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (the link points back to itself); ignored: remove it"
+        if path.is_symlink():
+            return f"dangling symlink to {os.readlink(path)!r}, which does not exist; ignored: fix or remove it"
+        return f"cannot be read ({exc.strerror}); ignored"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{kind}, not a regular file; ignored: remove it"
+
+
+def loops_back(path: Path) -> bool:
+    """A symlinked folder that points at itself or a folder above it (scanning it would revisit the parent)."""
+    if not path.is_symlink():
+        return False
+    target, here = path.resolve(), path.parent.resolve()
+    return target == here or target in here.parents
+
+
 def read_caption(path: Path) -> tuple[str | None, str | None]:
     """(first line of the caption file, problem). UTF-8 with or without BOM."""
     try:
+        size = path.stat().st_size
+        if size > MAX_CAPTION_BYTES:
+            return None, (f"caption file is {size:,} bytes, over {MAX_CAPTION_BYTES:,}: not read, the class tokens "
+                          "are used instead (a caption is one line; CLIP reads about 75 tokens)")
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         return None, "caption file is not UTF-8 text; the class tokens are used instead (save it as UTF-8)"
@@ -99,7 +153,16 @@ def scan_concept(folder: Path, repeats: int, class_tokens: str, caption_extensio
                  problems: list[Problem]) -> Concept:
     concept = Concept(folder, repeats, class_tokens, is_reg)
     ext = resolve_caption_extension(caption_extension)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = []
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        odd = odd_entry(path)
+        if odd:
+            problems.append(Problem(str(path), odd))
+        elif path.is_file():
+            files.append(path)
+        elif is_image_path(path) or path.name.endswith(ext):
+            problems.append(Problem(str(path), "is a folder, not a file; ignored (Kohya reads only the files "
+                                               "directly in a concept folder)"))
     image_stems = set()
     for path in files:
         if not is_image_path(path):
@@ -109,20 +172,32 @@ def scan_concept(folder: Path, repeats: int, class_tokens: str, caption_extensio
         if reason:
             problems.append(Problem(str(path), reason))
             continue
+        size = upright_size(path)
+        if min(size) < MIN_IMAGE_SIDE:
+            problems.append(Problem(str(path), f"image is {size[0]}x{size[1]} px, under {MIN_IMAGE_SIDE} px on a side: "
+                                               "too small to train on; skipped (use a larger image)"))
+            continue
         caption_path = path.with_name(path.stem + ext)
         caption, from_file = class_tokens, False
-        if caption_path.is_file():
+        caption_odd = odd_entry(caption_path) if caption_path.is_symlink() or caption_path.exists() else None
+        if caption_odd:
+            concept.captions_empty += 1  # reported with the folder's other entries above
+        elif caption_path.is_file():
             text, caption_problem = read_caption(caption_path)
             if caption_problem:
                 problems.append(Problem(str(caption_path), caption_problem))
                 concept.captions_empty += 1
             else:
                 caption, from_file = text, True
+                if len(text) > LONG_CAPTION_CHARS:
+                    problems.append(Problem(str(caption_path), f"caption is {len(text):,} characters long; the text "
+                                                               "encoder reads only about the first 300 (75 tokens), "
+                                                               "the rest is ignored: shorten it"))
         else:
             concept.captions_missing += 1
             problems.append(Problem(str(path), f"no caption file {caption_path.name}; "
                                                f"the class tokens {class_tokens!r} are the caption"))
-        concept.images.append(ImageItem(path, caption, from_file, upright_size(path)))
+        concept.images.append(ImageItem(path, caption, from_file, size))
     for path in files:
         if is_image_path(path) or path.suffix.lower() in _IGNORED_FILES:
             continue
@@ -135,6 +210,10 @@ def scan_concept(folder: Path, repeats: int, class_tokens: str, caption_extensio
         else:
             problems.append(Problem(str(path), "not an image this trainer reads "
                                                f"({', '.join(IMAGE_EXTENSIONS)}); ignored"))
+    if not image_stems:
+        what = "regularisation folder" if is_reg else "concept folder"
+        problems.append(Problem(str(folder), f"{what} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                                             "it adds nothing: add images or remove the folder"))
     if concept.repeats == 0:
         problems.append(Problem(str(folder), "repeat count is 0: these images would never be trained"))
     return concept
@@ -148,14 +227,22 @@ def scan_parent(parent: Path, caption_extension: str, is_reg: bool, problems: li
         problems.append(Problem(str(parent), f"{key} points at a concept folder itself; "
                                              f"use its parent folder ({parent.parent}). {LAYOUT_HINT}"))
         return concepts
-    for entry in sorted(parent.iterdir()):
-        if entry.name.startswith("."):
+    refuse_absurd_repeats(parent, is_reg)
+    entries = sorted(e for e in parent.iterdir() if not e.name.startswith("."))
+    for entry in entries:
+        odd = odd_entry(entry)
+        if odd:
+            problems.append(Problem(str(entry), odd))
             continue
         if entry.is_dir():
             parsed = parse_concept_name(entry.name)
             if parsed is None:
                 problems.append(Problem(str(entry), f"folder name has no leading repeat count, so it is ignored; "
                                                     f"rename it like '10_{entry.name}'. {LAYOUT_HINT}"))
+                continue
+            if loops_back(entry):
+                problems.append(Problem(str(entry), f"symlink loop: links to {entry.resolve()}, a folder that "
+                                                    "contains it; ignored: remove it"))
                 continue
             concepts.append(scan_concept(entry, parsed[0], parsed[1], caption_extension, is_reg, problems))
         elif is_image_path(entry):

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .buckets import BucketChoice, BucketPlanner
-from .folders import Concept, DatasetError, ImageItem, Problem, missing_folder, scan_parent
+from .folders import (Concept, DatasetError, ImageItem, Problem, missing_folder, refuse_absurd_repeats,
+                      scan_parent)
+
+# Samples per epoch past this are a typo in a repeat count, not a LoRA dataset (the step list alone would
+# not fit in memory long before that).
+MAX_SAMPLES_PER_EPOCH = 1_000_000
 
 
 @dataclass
@@ -128,6 +133,10 @@ def build_plan(values: dict, num_processes: int = 1, problems: list[Problem] | N
         if values[key] and not Path(values[key]).is_dir():
             raise DatasetError(missing_folder(key, values[key]))
     planner = BucketPlanner.from_config(values)
+    # both folders' repeat counts are checked before any image is read
+    for key in ("train_data_dir", "reg_data_dir"):
+        if values[key]:
+            refuse_absurd_repeats(Path(values[key]), key == "reg_data_dir")
     concepts = scan_parent(Path(values["train_data_dir"]), values["caption_extension"], False, problems)
     reg_concepts = []
     if values["reg_data_dir"]:
@@ -136,6 +145,11 @@ def build_plan(values: dict, num_processes: int = 1, problems: list[Problem] | N
     samples = [Sample(item, c, c.repeats, planner.select(*item.size))
                for c in concepts for item in c.images if c.repeats > 0]
     num_train = sum(s.repeats for s in samples)
+    if num_train > MAX_SAMPLES_PER_EPOCH:
+        biggest = max(concepts, key=lambda c: c.repeats * len(c.images))
+        raise DatasetError(f"train_data_dir {values['train_data_dir']!r}: {num_train:,} samples per epoch, over "
+                           f"{MAX_SAMPLES_PER_EPOCH:,}; folder {biggest.folder.name!r} alone gives "
+                           f"{len(biggest.images)} images x {biggest.repeats} repeats: lower its repeat count")
     reg_items = [(item, c) for c in reg_concepts for item in c.images]
     for (item, concept), repeats in zip(reg_items, balance_reg_repeats(reg_items, num_train)):
         if repeats > 0:

@@ -30,6 +30,11 @@ def inspect_lora(path) -> dict:
     if kind != "lora":
         raise LoRAFileError(f"{header.path} is {explanation}")
     _, weights = load_lora_weights(path)
+    # NaN/inf weights load without complaint but render black images: a damaged file, named per tensor
+    non_finite = [f"{name}.{part}" for name, (down, up, alpha) in sorted(weights.items())
+                  for part, tensor in (("lora_down.weight", down), ("lora_up.weight", up),
+                                       ("alpha", torch.tensor(alpha)))
+                  if not bool(torch.isfinite(tensor).all())]
     ranks = sorted({down.shape[0] for down, _, _ in weights.values()})
     alphas = sorted({alpha for _, _, alpha in weights.values()})
     norms: dict[str, float] = {}
@@ -40,9 +45,15 @@ def inspect_lora(path) -> dict:
     meta = header.metadata
     version = meta.get("ss_base_model_version") or ("sd_v1 (from key names)" if any(
         n.startswith(TE_PREFIX) for n in weights) or weights else "unknown")
+    if non_finite:
+        verdict = (f"damaged: {len(non_finite)} tensor(s) hold NaN or infinite values (images made with it come "
+                   "out black); use an earlier file of the run, or train again with a lower learning rate")
+    else:
+        verdict = f"{explanation}, loadable in AUTOMATIC1111, ComfyUI and diffusers"
     return {
         "file": str(header.path),
-        "verdict": f"{explanation}, loadable in AUTOMATIC1111, ComfyUI and diffusers",
+        "verdict": verdict,
+        "problems": [f"{name} holds NaN or infinite values" for name in non_finite],
         "base_model_version": version,
         "network_module": meta.get("ss_network_module", "networks.lora"),
         "rank": ranks[0] if len(ranks) == 1 else ranks,
@@ -63,6 +74,10 @@ def format_report(info: dict) -> str:
              f"  rank / alpha:   {info['rank']} / {info['alpha']}  (scale {info['scale']})",
              f"  modules:        {info['modules']['unet']} UNet, {info['modules']['text_encoder']} text encoder",
              f"  precision:      {', '.join(info['precision'])}"]
+    for problem in info["problems"][:20]:
+        lines.append(f"  problem:        {problem}")
+    if len(info["problems"]) > 20:
+        lines.append(f"  problem:        ... and {len(info['problems']) - 20} more")
     if not info["alpha_written"]:
         lines.append("  note:           some modules have no .alpha; A1111 then uses a scale of 1")
     lines.append("  weight norm per block (|delta W|, alpha/rank applied):")
@@ -74,5 +89,16 @@ def format_report(info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _finite(value):
+    """JSON has no NaN or Infinity: such numbers become null (the problems list names them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def to_json(info: dict) -> str:
-    return json.dumps(info, indent=2, ensure_ascii=False)
+    return json.dumps(_finite(info), indent=2, ensure_ascii=False, allow_nan=False)

@@ -9,6 +9,7 @@ mode 0644 (safetensors itself writes 0600, which A1111 or ComfyUI running as ano
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import CharLoRAError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, disk_full_message, is_disk_full
 from .metadata import addnet_hashes
 from .targets import TE_PREFIX, UNET_PREFIX
 
@@ -51,7 +52,11 @@ def save_lora(weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]], path
     try:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
+        if is_disk_full(exc):
+            raise CharLoRAError(disk_full_message(path)) from exc
+        if not isinstance(exc, OSError):
+            raise
         raise CharLoRAError(f"cannot write {path} ({exc.strerror or exc}); check that the output folder is "
                             "writable and the disk has space. Files saved earlier are untouched.") from exc
     return path
@@ -81,6 +86,9 @@ def read_header(path: str | Path) -> LoRAFile:
         head = fh.read(8)
         if len(head) < 8:
             raise LoRAFileError(f"{path}: not a LoRA file (it is only {size} bytes)")
+        if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+            raise LoRAFileError(f"{path}: a PyTorch pickle (.pt/.ckpt) file, not safetensors, whatever its name "
+                                "says; convert it to .safetensors first (CharLoRA never unpickles files)")
         (length,) = struct.unpack("<Q", head)
         if length > min(size - 8, 100 * 1024 * 1024):
             if path.suffix.lower() == ".safetensors" and length < 100 * 1024 * 1024:
@@ -95,8 +103,14 @@ def read_header(path: str | Path) -> LoRAFile:
     if not isinstance(header, dict):
         raise LoRAFileError(f"{path}: not a safetensors file (unexpected header)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise LoRAFileError(f"{path}: the file is damaged (its __metadata__ is not a table of texts)")
     shapes, dtypes, end = {}, {}, 0
     for key, info in header.items():
+        problem = _entry_problem(info)
+        if problem:
+            raise LoRAFileError(f"{path}: the file is damaged: the entry of {key!r} {problem}; "
+                                "download or copy it again")
         shapes[key] = tuple(info["shape"])
         dtypes[key] = info["dtype"]
         end = max(end, info["data_offsets"][1])
@@ -104,6 +118,38 @@ def read_header(path: str | Path) -> LoRAFile:
         raise LoRAFileError(f"{path}: the file is truncated ({size:,} of {8 + length + end:,} bytes); "
                             "download or copy it again")
     return LoRAFile(path, metadata, shapes, dtypes)
+
+
+def _entry_problem(info) -> str | None:
+    """What is wrong with one tensor entry of a safetensors header, or None."""
+    if not isinstance(info, dict):
+        return f"is {json.dumps(info)[:40]}, not a tensor description"
+    shape, dtype, offsets = info.get("shape"), info.get("dtype"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        return "has no valid shape"
+    if not isinstance(dtype, str):
+        return "has no dtype"
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(n, int) for n in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        return "has no valid data_offsets"
+    return None
+
+
+def _shape_problem(lora: LoRAFile, name: str) -> str | None:
+    """Shapes that no LoRA loader can use: down (rank x in[,1,1]), up (out x rank[,1,1]), alpha one number."""
+    down, up = lora.shapes[f"{name}.lora_down.weight"], lora.shapes.get(f"{name}.lora_up.weight")
+    if up is None:
+        return "has lora_down but no lora_up"
+    if len(down) not in (2, 4) or len(up) not in (2, 4):
+        return f"has lora_down of shape {list(down)} and lora_up of shape {list(up)} (each must be 2-D or 4-D)"
+    if len(up) == 4 and tuple(up[2:]) != (1, 1):
+        return f"has lora_up of shape {list(up)} (a 4-D lora_up must be out x rank x 1 x 1)"
+    if up[1] != down[0]:
+        return f"has lora_down of rank {down[0]} but lora_up of shape {list(up)} (its 2nd size must be {down[0]})"
+    alpha = lora.shapes.get(f"{name}.alpha")
+    if alpha is not None and math.prod(alpha) != 1:
+        return f"has an alpha of shape {list(alpha)}; alpha must be one number"
+    return None
 
 
 def classify(lora: LoRAFile) -> tuple[str, str]:
@@ -136,15 +182,16 @@ def load_lora_weights(path: str | Path) -> tuple[LoRAFile, dict[str, tuple[torch
     if kind != "lora":
         raise LoRAFileError(f"{lora.path} is {explanation}. CharLoRA loads Standard LoRA files "
                             "(lora_unet_*/lora_te_* with lora_down, lora_up, alpha).")
+    for name in lora.module_names:
+        problem = _shape_problem(lora, name)
+        if problem:
+            raise LoRAFileError(f"{lora.path}: the file is damaged: {name} {problem}")
     weights = {}
     try:
         with safe_open(str(lora.path), framework="pt") as fh:
             for name in lora.module_names:
                 down = fh.get_tensor(f"{name}.lora_down.weight").float()
-                up_key = f"{name}.lora_up.weight"
-                if up_key not in lora.shapes:
-                    raise LoRAFileError(f"{lora.path}: {name} has lora_down but no lora_up; the file is damaged")
-                up = fh.get_tensor(up_key).float()
+                up = fh.get_tensor(f"{name}.lora_up.weight").float()
                 alpha_key = f"{name}.alpha"
                 alpha = float(fh.get_tensor(alpha_key).float()) if alpha_key in lora.shapes else float(down.shape[0])
                 weights[name] = (down, up, alpha)

@@ -24,6 +24,7 @@ import safetensors.torch
 
 from .. import __version__
 from ..params import PARAMS_BY_KEY, to_kohya
+from ..params.config import MAX_METADATA_TEXT
 
 # Config keys written under Kohya's own ss_ names (value: str() of the normalised value).
 SS_KEYS = (
@@ -92,9 +93,20 @@ def dataset_info(plan) -> dict:
             "tag_frequency": {k: dict(v) for k, v in tags.items()}, "bucket_info": info}
 
 
+def cap_text(text: str, limit: int = MAX_METADATA_TEXT) -> str:
+    """`text`, cut to at most `limit` bytes of UTF-8 with a note saying so: a huge training_comment
+    would otherwise be copied (twice) into every file of the run."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    note = f"\n[cut by CharLoRA: {len(data):,} bytes, only the first {limit // 1024} KiB are stored]"
+    return data[:limit - len(note.encode("utf-8"))].decode("utf-8", "ignore") + note
+
+
 def public_config(values: dict) -> dict:
     """The config as Kohya JSON for the file: no secrets, folder paths reduced to their last name."""
     out = to_kohya(values)
+    out["training_comment"] = cap_text(out.get("training_comment") or "")
     for key, value in out.items():
         if PARAMS_BY_KEY[key].kind == "path" and value:
             out[key] = Path(str(value).replace("\\", "/")).name
@@ -105,6 +117,7 @@ def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
     width, height = (int(v) for v in values["max_resolution"].split(","))
     v_pred = values["v_parameterization"]
     meta = {f"ss_{key}": _s(values[key]) for key in SS_KEYS}
+    meta["ss_training_comment"] = cap_text(meta["ss_training_comment"])
     meta.update({
         "ss_session_id": _s(run.session_id),
         "ss_training_started_at": _s(run.started_at),

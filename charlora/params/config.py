@@ -22,6 +22,8 @@ from .spec import show
 from .table import PARAMS, PARAMS_BY_KEY
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # Kohya configs are a few KB; anything this big is not one
+# Text stored in every LoRA file's metadata (training_comment): more is cut, with a note, and warned about.
+MAX_METADATA_TEXT = 64 * 1024
 
 
 @dataclass
@@ -58,6 +60,9 @@ def normalize(raw: Mapping[str, Any], source: str | None = None) -> LoadedConfig
             value = param.default
         elif param.effect == "ignored" and value != param.default:
             warnings.append(f"{param.key} = {show(value)} has no effect: {param.reason}")
+        if param.key == "training_comment" and len(value.encode("utf-8")) > MAX_METADATA_TEXT:
+            warnings.append(f"training_comment is {len(value.encode('utf-8')):,} bytes; each LoRA file stores only "
+                            f"its first {MAX_METADATA_TEXT // 1024} KiB (with a note that it was cut)")
         values[param.key] = value
     unknown = sorted(str(k) for k in raw if k not in PARAMS_BY_KEY)
     if unknown:
@@ -113,9 +118,13 @@ def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:
     return parsed
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a Kohya JSON file into a raw mapping, with a clear error for anything that is not one."""
+def read_config_file(path: str | os.PathLike, warnings: list | None = None) -> dict[str, Any]:
+    """Read a Kohya JSON file into a raw mapping, with a clear error for anything that is not one.
+    A key given twice is a warning appended to `warnings` (JSON keeps the last one silently)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"{path} is a folder, not a JSON file; give the path of a config file inside it"],
+                          str(path))
     if not path.is_file():
         raise ConfigError([f"no such file: {path}"], str(path))
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -127,7 +136,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError([f"not a text file (byte {exc.start} is not UTF-8); a config is a JSON text file"],
                           str(path)) from None
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=_DuplicateKeys(warnings))
     except json.JSONDecodeError as exc:
         raise ConfigError([f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"],
                           str(path)) from None
@@ -141,9 +150,12 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> LoadedConfig:
     """Load a Kohya JSON config (and optional `key=value` overrides) into normalised values."""
-    raw = read_config_file(path)
+    warnings: list[str] = []
+    raw = read_config_file(path, warnings)
     raw.update(parse_assignments(overrides))
-    return normalize(raw, str(path))
+    loaded = normalize(raw, str(path))
+    loaded.warnings[:0] = warnings
+    return loaded
 
 
 def to_kohya(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,6 +171,26 @@ def dump_kohya(values: Mapping[str, Any]) -> str:
 def save_config(values: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write a Kohya-compatible JSON config atomically (never a half-written file)."""
     return atomic_write_text(path, dump_kohya(values))
+
+
+class _DuplicateKeys:
+    """json's object_pairs_hook: builds each object as json does (the last value wins) and notes every
+    key given more than once, with all its values, so the user learns which one counted."""
+
+    def __init__(self, warnings: list | None):
+        self.warnings = warnings
+
+    def __call__(self, pairs: list) -> dict:
+        seen: dict[str, list] = {}
+        for key, value in pairs:
+            seen.setdefault(key, []).append(value)
+        if self.warnings is not None:
+            for key, values in seen.items():
+                if len(values) > 1:
+                    shown = " then ".join(show(v, 40) for v in values)
+                    self.warnings.append(f"{key} is given {len(values)} times ({shown}); the last one, "
+                                         f"{show(values[-1], 40)}, is used. Remove the others")
+        return dict(pairs)
 
 
 def _json_kind(value: Any) -> str:

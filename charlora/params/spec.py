@@ -73,6 +73,7 @@ class Param:
     value_map: tuple = ()  # (old Kohya value, value) pairs, e.g. xformers: (True, "xformers")
     label: str = ""  # the GUI's human label, as Kohya's GUI words it ("Network Rank (Dimension)")
     main: bool = False  # one of the ten settings most runs change: shown first, on one screen
+    file_name: bool = False  # the value names a file inside a folder: no separators, no "..", not empty
 
     @property
     def title(self) -> str:
@@ -89,6 +90,8 @@ class Param:
                 raw = new
                 break
         value = getattr(self, "_coerce_" + self.kind)(raw)
+        if self.file_name:
+            check_file_name(value)
         if self.choices and value not in self.choices:
             listed = ", ".join(str(c) for c in self.choices)
             raise ValueError(f"{show(raw)} is not one of: {listed}")
@@ -192,6 +195,17 @@ class Param:
         if self.kohya_shape == "float":
             return float(value)
         return value
+
+
+def check_file_name(value: str) -> None:
+    """A name written inside a folder must stay inside it: "../x" or "/tmp/x" would write elsewhere."""
+    if not value:
+        raise ValueError("'' is empty; choose a file name such as my_character")
+    if any(c in value for c in '/\\:') or any(ord(c) < 32 for c in value):
+        raise ValueError(f"{show(value)} is not a plain file name (no /, \\, : or control characters): "
+                         "the files go into output_dir; choose a name such as my_character")
+    if value.strip(".") == "":
+        raise ValueError(f"{show(value)} is not a file name; choose a name such as my_character")
 
 
 def strip_quotes(text: str) -> str:

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CharLoRAError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, disk_full_message, is_disk_full
 
 STATE_FORMAT = 2  # 2: + session_id, epoch loss sum, losses.json (format 1 still resumes, without them)
 READABLE_FORMATS = (1, 2)
@@ -159,15 +160,59 @@ def save_state(folder: Path, lora_weights: dict, optimizer, scheduler, noise_gen
             "format": STATE_FORMAT, **asdict(position),
             "python_rng": [py_version, list(py_state), py_gauss],
             "numpy_rng": [np_kind, np_keys.tolist(), np_pos, np_has_gauss, np_gauss]}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except OSError as exc:
+        _swap_in(tmp, folder)
+    except (OSError, RuntimeError) as exc:
+        if is_disk_full(exc):
+            raise CharLoRAError(disk_full_message(folder)) from exc
+        if not isinstance(exc, OSError):
+            raise
         raise CharLoRAError(f"cannot write the training state {folder} ({exc.strerror or exc}); files saved "
                             "earlier are untouched") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Put the finished `tmp` folder in place of `folder`. An existing state is renamed aside first and
+    deleted only once the new one is in place: a kill at any moment leaves one complete state under the
+    final name or aside (a hidden `.NAME-state.xxxx.old`, restored here if the swap fails)."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    aside = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.old")
+    os.rename(folder, aside)
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        os.rename(aside, folder)  # the old state goes back under its name
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def clean_leftovers(output_dir: Path, name: str) -> tuple[list[Path], list[Path]]:
+    """Remove what an interrupted save of run `name` left in `output_dir`: temporary files
+    (`.NAME-000001.safetensors.xxxx.tmp`, `.NAME.config.json.xxxx.tmp`) and hidden state folders
+    (`.NAME-000001-state.xxxx`, `.NAME-000001-state.xxxx.old`). Only names of exactly these patterns
+    for this `name` are touched. Returns (removed, restored): a state left only aside is put back."""
+    numbered = r"(?:-\d{6}|-step\d{8})?"
+    pattern = re.compile(r"\." + re.escape(name) + numbered
+                         + r"(?:\.safetensors\.\w+\.tmp|\.config\.json\.\w+\.tmp|-state\.\w+(?:\.old)?)")
+    removed, restored = [], []
+    for path in sorted(output_dir.iterdir()):
+        if not pattern.fullmatch(path.name):
+            continue
+        final = output_dir / path.name[1:].split(".", 1)[0]
+        if path.name.endswith(".old") and path.is_dir() and not final.exists():
+            os.rename(path, final)  # killed between the two renames: the old state is the only copy
+            restored.append(final)
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed, restored
 
 
 @dataclass
@@ -189,6 +234,16 @@ def load_state(folder: str | Path) -> LoadedState:
     if not folder.is_dir() or missing:
         raise CharLoRAError(f"resume: {str(folder)!r} is not a CharLoRA training state (missing "
                             f"{', '.join(missing) or 'the folder'}); choose a folder like NAME-000004-state")
+    try:
+        return _load_state(folder)
+    except CharLoRAError:
+        raise
+    except Exception as exc:  # a damaged or hand-edited state: say which, not "internal error"
+        raise CharLoRAError(f"resume: the training state {folder} is damaged ({type(exc).__name__}: {exc}); "
+                            "choose another NAME-...-state folder, or start a new run") from exc
+
+
+def _load_state(folder: Path) -> LoadedState:
     info = json.loads((folder / "position.json").read_text())
     if info.get("format") not in READABLE_FORMATS:
         raise CharLoRAError(f"resume: {folder} was written by another CharLoRA version (state format "
@@ -224,4 +279,11 @@ def restore_rng(rng: dict, noise_generator: torch.Generator) -> None:
 
 def write_run_config(output_dir: Path, name: str, kohya_json: str) -> Path:
     """The exact config of the run, as Kohya JSON, beside its files."""
-    return atomic_write_text(output_dir / f"{name}.config.json", kohya_json)
+    path = output_dir / f"{name}.config.json"
+    try:
+        return atomic_write_text(path, kohya_json)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise CharLoRAError(disk_full_message(path)) from exc
+        raise CharLoRAError(f"cannot write {path} ({exc.strerror or exc}); check that output_dir is writable")
+

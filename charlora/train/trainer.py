@@ -71,6 +71,8 @@ class RunResult:
     last_good_file: str | None = None
     losses: list = field(default_factory=list)  # each step's loss; a resumed run's starts with the saved history
     phase_times: list = field(default_factory=list)  # per step {"data", "forward", "backward", "optimizer"} (profile)
+    log_file: str | None = None  # this run's log (main process), also when it failed
+    traceback: str | None = None  # an internal error's traceback (the CLI shows it with --debug)
 
 
 def train(values: dict, listeners=(), stop: StopRequest | None = None, pipe=None, profile: bool = False) -> RunResult:
@@ -106,9 +108,13 @@ class Trainer:
         self.session_id: int | None = None  # the stopped run's ss_session_id, on resume (RunInfo draws a new run's)
         self.global_step = 0
         self.epoch = 1
+        self.log_file: Path | None = None
+        self._log_handler: logging.Handler | None = None
+        self._log_level = None
 
     # ------------------------------------------------------------------ public
     def run(self) -> RunResult:
+        trace = None
         try:
             self._setup()
             status, message = self._loop()
@@ -117,8 +123,12 @@ class Trainer:
         except torch.cuda.OutOfMemoryError:
             status, message = "failed", self._oom_advice()
         except Exception as exc:  # an internal error: the message, with the traceback in the log
-            log.exception("training failed")
-            status, message = "failed", f"internal error: {type(exc).__name__}: {exc} (details in the log)"
+            import traceback
+
+            trace = traceback.format_exc()
+            log.error("training failed with an internal error:\n%s", trace)
+            where = f"details in {self.log_file}" if self.log_file else "run with --debug for the traceback"
+            status, message = "failed", f"internal error: {type(exc).__name__}: {exc} ({where})"
         finally:
             writer = getattr(self, "writer", None)
             if writer is not None:
@@ -126,9 +136,43 @@ class Trainer:
         last_good = self.files[-1] if self.files else None
         if status == "failed":
             self.emit(Message("error", message))
+        else:
+            log.info("%s: %s", status, message)
         self.emit(RunFinished(status, message, self.global_step, list(self.files), last_good))
+        self._close_log()
         return RunResult(status, message, self.global_step, list(self.files), last_good,
-                         [loss for _, loss, _ in self.history], list(self.phase_times))
+                         [loss for _, loss, _ in self.history], list(self.phase_times),
+                         str(self.log_file) if self.log_file else None, trace)
+
+    def _open_log(self) -> None:
+        """This run's log file: every message, warning and error, and an internal error's traceback.
+        In logging_dir when set, else beside the LoRA files."""
+        folder = Path(self.values["logging_dir"]) if self.values["logging_dir"] else self.output_dir
+        path = folder / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            self.emit.warn(f"cannot write the log file {path} ({exc.strerror or exc}); training goes on without it")
+            return
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger("charlora")
+        self._log_level = root.level
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+        root.addHandler(handler)
+        self._log_handler, self.log_file = handler, path
+        self.emit.info(f"log file: {path}")
+
+    def _close_log(self) -> None:
+        if self._log_handler is None:
+            return
+        root = logging.getLogger("charlora")
+        root.removeHandler(self._log_handler)
+        root.setLevel(self._log_level)
+        self._log_handler.close()
+        self._log_handler = None
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -142,6 +186,14 @@ class Trainer:
             self.state.is_main_process
         self.output_dir = ckpt.check_output_dir(v["output_dir"])
         self.name = v["output_name"] or "last"
+        if self.main:
+            self._open_log()
+            removed, restored = ckpt.clean_leftovers(self.output_dir, self.name)
+            for folder in restored:
+                self.emit.info(f"put back {folder.name}: an interrupted save had left it only under a hidden name")
+            if removed:
+                self.emit.info(f"removed {len(removed)} leftover(s) of an interrupted save in {self.output_dir}: "
+                               + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
         if self.state.device.type == "cpu" and self.world > 1:
             # several CPU processes share the cores: more threads than cores each makes every step crawl
             import os
@@ -509,6 +561,7 @@ class Trainer:
         metadata = build_metadata(self.values, self.run_info)
         save_lora(self.network.kohya_tensors(), path, self.values["save_precision"], metadata)
         self.files.append(str(path))
+        log.info("saved %s", path)
         self.emit(Saved(str(path), epoch, self.global_step))
         return path
 
