@@ -76,6 +76,12 @@ def open_page(browser, app):
         page.route("**/*", guard)
         page.goto(app)
         expect(page.get_by_role("tab", name="Parameters")).to_be_visible(timeout=60_000)
+        from charlora.train import current_job
+
+        if current_job().snapshot().values:
+            # a new page fills its Parameters tab from the run; wait for that before typing, or it overwrites
+            page.get_by_role("tab", name="Parameters").click()
+            expect(page.locator("#preset-message")).to_contain_text("Showing the settings", timeout=60_000)
         pages.append(page)
         return page
 
