@@ -96,14 +96,23 @@ def number(page, key):
     return page.locator(f"#param-{key} input[type=number]")
 
 
+def field(page, elem_id):
+    """The text box of the component with this elem_id."""
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def fill(page, elem_id, value):
+    box = field(page, elem_id)
+    box.fill(value)
+    box.press("Tab")  # a change counts once the box loses focus
+
+
 def text(page, key):
-    return page.locator(f"#param-{key} textarea, #param-{key} input[type=text]").first
+    return field(page, f"param-{key}")
 
 
 def set_text(page, key, value):
-    field = text(page, key)
-    field.fill(value)
-    field.press("Tab")
+    fill(page, f"param-{key}", value)
 
 
 def choose_preset(page, label):

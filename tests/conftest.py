@@ -80,5 +80,5 @@ def free_port():
         return s.getsockname()[1]
 
 
-# The user's real Kohya GUI config (their file, kept as a fixture: a clone has no ../shared).
+# The user's real Kohya GUI config (their file, kept here as a fixture: a user's clone has only tests/).
 SEED_CONFIG = Path(__file__).resolve().parent / "fixtures" / "seed-kohya-config.json"

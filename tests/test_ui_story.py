@@ -11,7 +11,7 @@ import re
 import shutil
 
 from browser import ARTIFACTS, app, browser, choose_preset, home, needs_chromium, number, open_page  # noqa: F401
-from browser import set_text, text
+from browser import field, fill, set_text, text
 from conftest import SEED_CONFIG
 
 from dataset_helpers import pattern, save
@@ -28,16 +28,6 @@ def user_pictures(folder):
     for i in range(1, PICTURES + 1):
         caption = "a girl in a red coat" if i in NO_TRIGGER else f"wwaa girl, smiling, picture {i}"
         save(folder / f"girl_{i:02d}.png", pattern(64, 64, i), caption)
-
-
-def field(page, elem_id):
-    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
-
-
-def fill(page, elem_id, value):
-    box = field(page, elem_id)
-    box.fill(value)
-    box.press("Tab")
 
 
 def set_number(page, key, value):
