@@ -36,7 +36,36 @@ def _environment() -> dict:
     reading = default_monitor().read()
     env["nvml"] = reading.message
     env["nvml_used_before_bytes"] = reading.used_bytes
+    env["packages"] = _versions()
+    env["adamw8bit"] = _probe_adamw8bit("cuda" if torch.cuda.is_available() else "cpu")
     return env
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    found = {}
+    for name in ("diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "nvidia-ml-py"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _probe_adamw8bit(device: str) -> str:
+    """Whether AdamW8bit really runs here (the config's name alone says nothing after a fallback)."""
+    import torch
+
+    from .train.optim import build_optimizer
+
+    param = torch.nn.Parameter(torch.zeros(8192, device=device))
+    try:
+        optimizer, description, warnings = build_optimizer(
+            "AdamW8bit", [{"params": [param], "lr": 1e-4}], {"learning_rate": 1e-4, "optimizer_fallback": True}, device)
+    except Exception as exc:  # recorded, not raised: the check goes on
+        return f"error: {type(exc).__name__}: {exc}"
+    return "; ".join([description, *warnings])
 
 
 def _with_estimate(report: dict, gpu_total: int | None) -> dict:
