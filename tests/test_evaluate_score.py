@@ -292,11 +292,11 @@ def test_load_errors(tmp_path, no_network, monkeypatch):
         load_embedder("openai/clip-vit-large-patch14")
     assert time.monotonic() - started < 5
     (tmp_path / "file.bin").write_bytes(b"x")
-    with pytest.raises(CharLoRAError, match="is a file.*--scorer tiny"):
+    with pytest.raises(CharLoRAError, match="is a file.*--scorer toy"):
         load_embedder(str(tmp_path / "file.bin"))
     (tmp_path / "sd-no-checker").mkdir()
     (tmp_path / "sd-no-checker" / "model_index.json").write_text("{}")
-    with pytest.raises(CharLoRAError, match="without safety_checker.*--scorer tiny"):
+    with pytest.raises(CharLoRAError, match="without safety_checker.*--scorer toy"):
         load_embedder(str(tmp_path / "sd-no-checker"))
 
 
@@ -308,7 +308,8 @@ OFFLINE_MESSAGE = (
     "(the CLIPModel and CLIPProcessor files: config.json, model.safetensors, the tokenizer files and "
     "preprocessor_config.json) and give that folder as the Scorer (--scorer FOLDER); a Stable Diffusion 1.5 "
     "diffusers folder with safety_checker/ works too, without a download; to try scoring offline, use the scorer "
-    "'tiny' (--scorer tiny): a random tiny CLIP for tests and demos, its scores mean nothing")
+    "'toy' (--scorer toy): a small CNN trained on CharLoRA's toy world, no download, its scores mean something for "
+    "pictures of that world (the toy model's runs); 'tiny' is a random tiny CLIP for tests, its scores mean nothing")
 
 
 def test_empty_scorer_uses_the_default_clip_when_the_base_model_has_none(tmp_path, monkeypatch):
@@ -362,7 +363,8 @@ def test_score_help_documents_the_scorer_values():
     help_text = " ".join(result.stdout.split())
     assert result.returncode == 0
     for words in ("Empty (default): the base model's safety checker", "else openai/clip-vit-large-patch14",
-                  "'tiny': a random tiny CLIP, no download, to try scoring offline (its scores mean nothing)"):
+                  "'toy': a small CNN trained on CharLoRA's toy world, no download, to score offline",
+                  "'tiny': a random tiny CLIP, no download, for tests (its scores mean nothing)"):
         assert words in help_text
 
 

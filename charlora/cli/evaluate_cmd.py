@@ -41,11 +41,13 @@ def _common(parser, lora: str = "folder") -> None:
 
 
 # The scorer's values, as charlora.evaluate.score.SCORER_HELP says them (here without importing torch).
-SCORER_HELP = ("the CLIP model that embeds the images. Empty (default): the base model's safety checker when "
+SCORER_HELP = ("the model that embeds the images. Empty (default): the base model's safety checker when "
                "--base-model is a diffusers folder with safety_checker/, else openai/clip-vit-large-patch14 "
                "(downloaded once into the Hugging Face cache; offline, download it into a folder and give that "
                "folder). A folder with a saved CLIPModel (+ CLIPProcessor files), or a Hugging Face id. "
-               "'tiny': a random tiny CLIP, no download, to try scoring offline (its scores mean nothing)")
+               "'toy': a small CNN trained on CharLoRA's toy world, no download, to score offline (meaningful for "
+               "the toy model's runs; trained once per machine, under a minute). "
+               "'tiny': a random tiny CLIP, no download, for tests (its scores mean nothing)")
 
 
 def register(subparsers) -> None:

@@ -33,8 +33,9 @@ class ScoreSpec(GenerationSettings):
     output_dir: str
     prompts: list = field(default_factory=lambda: ["portrait of a girl"])
     seeds: list = field(default_factory=lambda: [1, 2, 3, 4])
-    scorer: str = ""  # "" (default), a CLIP folder, an SD folder with safety_checker, a Hub id, or "tiny"
-    # (score.SCORER_HELP says each in words; "tiny" is a random CLIP to try scoring offline, its scores mean nothing)
+    scorer: str = ""  # "" (default), a CLIP folder, an SD folder with safety_checker, a Hub id, "toy" or "tiny"
+    # (score.SCORER_HELP says each in words; "toy" is a small CNN trained on the toy world, to score offline;
+    # "tiny" is a random CLIP for tests, its scores mean nothing)
     caption_extension: str = ".txt"
 
 

@@ -39,13 +39,16 @@ import torch
 from ..errors import CharLoRAError, ModelLoadError
 
 DEFAULT_SCORER = "openai/clip-vit-large-patch14"  # the CLIP SD 1.5's text encoder comes from
-TINY_SCORER = "tiny"  # a random tiny CLIP: tries scoring without any download; its numbers mean nothing
-TINY_NOTE = (f"to try scoring offline, use the scorer '{TINY_SCORER}' (--scorer {TINY_SCORER}): a random tiny CLIP "
-             "for tests and demos, its scores mean nothing")
+TINY_SCORER = "tiny"  # a random tiny CLIP: exercises the scoring code, no download; its numbers mean nothing
+TOY_SCORER = "toy"  # a small CNN trained on the toy world (charlora.toy.embedder): meaningful for toy-model runs
+TINY_NOTE = (f"to try scoring offline, use the scorer '{TOY_SCORER}' (--scorer {TOY_SCORER}): a small CNN trained on "
+             "CharLoRA's toy world, no download, its scores mean something for pictures of that world (the toy "
+             f"model's runs); '{TINY_SCORER}' is a random tiny CLIP for tests, its scores mean nothing")
 SCORER_HELP = (f"empty: the base model's safety checker when it is a diffusers folder with safety_checker/, else "
                f"{DEFAULT_SCORER} (downloaded once into the Hugging Face cache); a folder with a saved CLIPModel "
-               f"(+ CLIPProcessor files); a Hugging Face id; or '{TINY_SCORER}' to try scoring offline (a random "
-               "tiny CLIP: its scores mean nothing)")
+               f"(+ CLIPProcessor files); a Hugging Face id; '{TOY_SCORER}' to score offline (a small CNN trained on "
+               f"the toy world: meaningful for the toy model's runs); or '{TINY_SCORER}' for tests (a random tiny "
+               "CLIP: its scores mean nothing)")
 COPY_THRESHOLD = 0.95
 PROMPT_MARGIN = 0.03
 IDENTITY_MARGIN = 0.02
@@ -170,6 +173,14 @@ def tiny_clip(seed=0) -> Embedder:
     return _from_clip_model(model, tokenizer, name=f"tiny random CLIP (seed {seed}, tests only)")
 
 
+def toy_scorer(seed=0):
+    """The toy world's scorer (charlora.toy.embedder.toy_embedder): trained once per machine, then loaded.
+    Duck-typed like Embedder; imported here only when asked for, so importing this module trains nothing."""
+    from ..toy.embedder import toy_embedder
+
+    return toy_embedder(seed)
+
+
 def _from_clip_model(model, tokenizer, name, preprocessing=None, device="cpu") -> Embedder:
     """Embedder from a transformers CLIPModel or CLIPVisionModelWithProjection (tokenizer None: image only)."""
     text_model = getattr(model, "text_model", None)
@@ -186,14 +197,17 @@ def _from_clip_model(model, tokenizer, name, preprocessing=None, device="cpu") -
 
 def scorer_for(scorer: str, base_model: str = "", device="cpu") -> Embedder:
     """The scorer a user chose (the Scorer field, `score --scorer`; SCORER_HELP says it in words):
-    "tiny" (any case) -> tiny_clip(); a folder or Hub id -> load_embedder; empty -> the base model's safety
-    checker when the base model is a diffusers folder that has one (no download), else DEFAULT_SCORER, fetched
-    from the Hub once and then read from its cache (a single-file base model has no CLIP image tower)."""
+    "tiny" (any case) -> tiny_clip(); "toy" -> toy_scorer() (a CNN that knows the toy world); a folder or Hub
+    id -> load_embedder; empty -> the base model's safety checker when the base model is a diffusers folder that
+    has one (no download), else DEFAULT_SCORER, fetched from the Hub once and then read from its cache (a
+    single-file base model has no CLIP image tower)."""
     from ..models.loading import clean_path
 
     text = str(scorer or "").strip().strip('"').strip("'").strip()
     if text.lower() == TINY_SCORER:
         return tiny_clip()
+    if text.lower() == TOY_SCORER:
+        return toy_scorer()
     if text:
         return load_embedder(text, device)
     base = clean_path(base_model) if base_model else None
@@ -206,6 +220,8 @@ def load_embedder(source: str, device="cpu") -> Embedder:
     """A scorer from a local CLIP folder, an SD 1.5 diffusers folder (its safety checker) or a Hub id."""
     if str(source).strip().lower() == TINY_SCORER:
         return tiny_clip()
+    if str(source).strip().lower() == TOY_SCORER:
+        return toy_scorer()
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "safety_checker").is_dir():

@@ -91,8 +91,10 @@ def build() -> EvaluationTab:
             f["train_data_dir"] = gr.Textbox(label="Training images (train_data_dir)", elem_id="eval-train-dir")
             f["scorer"] = gr.Textbox(label="Scorer", elem_id="eval-scorer",
                                      info="empty: the base model's safety-checker CLIP, else openai/clip-vit-large-"
-                                          "patch14 (downloaded once); a CLIP folder or Hub id; or 'tiny' to try the "
-                                          "tab offline (a random tiny CLIP: its scores mean nothing)")
+                                          "patch14 (downloaded once); a CLIP folder or Hub id; 'toy' to score "
+                                          "offline (a small CNN trained on the toy world: meaningful for the toy "
+                                          "model's runs); or 'tiny' for tests (a random tiny CLIP: its scores mean "
+                                          "nothing)")
         score = gr.Button("Score checkpoints", variant="primary", elem_id="eval-score")
     with gr.Row():
         stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
