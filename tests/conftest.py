@@ -9,6 +9,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# The toy model and the toy scorer are unpacked/trained once into this cache (charlora.toy.cache), kept
+# between runs, never in the user's home folder; CI may point it elsewhere.
+os.environ.setdefault("CHARLORA_TOY_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "toy"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -13,9 +13,10 @@ import sys
 
 from .. import __version__
 from ..errors import CharLoRAError
-from . import bench_cmd, config_cmd, dataset_cmd, evaluate_cmd, lora_cmd, model_cmd, params_cmd, train_cmd
+from . import bench_cmd, config_cmd, dataset_cmd, demo_cmd, evaluate_cmd, lora_cmd, model_cmd, params_cmd, train_cmd
 
-SUBCOMMANDS = (config_cmd, params_cmd, dataset_cmd, train_cmd, evaluate_cmd, lora_cmd, bench_cmd, model_cmd)
+SUBCOMMANDS = (config_cmd, params_cmd, dataset_cmd, train_cmd, evaluate_cmd, lora_cmd, bench_cmd, model_cmd,
+               demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

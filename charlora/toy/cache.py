@@ -43,6 +43,7 @@ def cached_build(name: str, key: str, build, root: Path | None = None) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         build(work)
+        os.chmod(work, 0o755)  # mkdtemp makes it private; the cache is as readable as any other
         try:
             work.rename(final)
         except OSError:
