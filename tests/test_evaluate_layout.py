@@ -188,3 +188,12 @@ def test_grid_text_chunks_write_the_values_as_typed():
                               texts={"x": "1-5 (+2)", "y": " 7,8 "})
     assert chunks["parameters"] == first + (', Script: X/Y/Z plot, X Type: Seed, X Values: 1-5 (+2), '
                                             'Fixed X Values: "1, 3, 5", Y Type: CFG Scale, Y Values: "7,8"')
+
+
+def test_narrow_columns_break_file_names_after_hyphens_and_keep_a_gap():
+    from charlora.evaluate.layout import _font, _wrap
+
+    lines = _wrap("wwaa-demo-000001", 10, 59)  # a 64 px cell's column, less the gap between neighbours
+    assert [text for text, _ in lines] == ["wwaa-demo-", "000001"]
+    assert all(_font(size).getlength(text) <= 59 for text, size in lines)
+    assert _wrap("portrait of a girl", 10, 200) == [("portrait of a girl", 10)]  # words still join with spaces

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from io import StringIO
@@ -59,12 +60,15 @@ def _wrap(text: str, size: int, width: int) -> list[tuple[str, int]]:
     for paragraph in str(text).split("\n"):
         line = ""
         for word in paragraph.split():
-            candidate = f"{line} {word}".strip()
-            if not line or font.getlength(candidate) <= width:
-                line = candidate
-            else:
-                lines.append(line)
-                line = word
+            # a file name too wide for its column breaks after its hyphens ("wwaa-demo-" / "000001")
+            pieces = [word] if font.getlength(word) <= width else re.findall(r"[^-_]+[-_]*|[-_]+", word)
+            for k, piece in enumerate(pieces):
+                candidate = f"{line}{'' if k else ' '}{piece}" if line else piece
+                if not line or font.getlength(candidate) <= width:
+                    line = candidate
+                else:
+                    lines.append(line)
+                    line = piece
         lines.append(line)
     while lines and not lines[-1]:
         lines.pop()
@@ -123,7 +127,7 @@ def draw_grid(cells, column_labels, row_labels, title=None) -> tuple[Image.Image
     size = _font_size(cw, ch)
     spacing = size // 2
     left = cw * 3 // 4 if any(str(t).strip() for t in row_labels) else 0
-    column_texts = [_Label(t, size, cw) for t in column_labels]
+    column_texts = [_Label(t, size, max(cw - spacing, 1)) for t in column_labels]  # a gap between neighbours
     row_texts = [_Label(t, size, max(left - spacing, 1)) for t in row_labels]
     head = max(t.height for t in column_texts)
     pad_top = head + 2 * spacing if head else 0
