@@ -126,19 +126,17 @@ def _vae_config():
     }
 
 
-def build_tiny_components(seed=0):
-    """Fresh tiny SD 1.5 components: {unet, vae, text_encoder, tokenizer, scheduler}.
-
-    Same seed => bit-identical weights. The caller's global RNG state is left untouched.
-    """
+def sd15_family_components(tokenizer, unet_config, vae_config, text_intermediate_size, seed=0):
+    """Fresh {unet, vae, text_encoder, tokenizer, scheduler} of SD 1.5's classes at a given size: a
+    2-layer CLIP text encoder of width 32 over `tokenizer`, SD 1.5's DDPM schedule. The tiny and the
+    toy model are both built by it. Same seed => bit-identical weights; the caller's RNG is untouched."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = load_tokenizer_from_files(tiny_tokenizer_files())
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
-        intermediate_size=37,
+        intermediate_size=text_intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
@@ -152,15 +150,25 @@ def build_tiny_components(seed=0):
     with torch.random.fork_rng(devices=[]):
         # One seed per component so that adding a component later does not change the others.
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**_unet_config())
+        unet = UNet2DConditionModel(**unet_config)
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**_vae_config())
+        vae = AutoencoderKL(**vae_config)
         torch.manual_seed(seed + 2)
         text_encoder = CLIPTextModel(text_config)
     scheduler = DDPMScheduler.from_config(SD15_DDPM_CONFIG)
-    for model in (unet, vae, text_encoder):
-        model.eval()
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def build_tiny_components(seed=0):
+    """Fresh tiny SD 1.5 components: {unet, vae, text_encoder, tokenizer, scheduler}.
+
+    Same seed => bit-identical weights. The caller's global RNG state is left untouched.
+    """
+    tokenizer = load_tokenizer_from_files(tiny_tokenizer_files())
+    components = sd15_family_components(tokenizer, _unet_config(), _vae_config(), 37, seed)
+    for name in ("unet", "vae", "text_encoder"):
+        components[name].eval()
+    return components
 
 
 def components_metadata(components, tokenizer_files):

@@ -41,11 +41,11 @@ from PIL import Image, ImageDraw
 from charlora.models.tiny import (
     _TINY_MERGES,
     COMPONENTS_METADATA_KEY,
-    SD15_DDPM_CONFIG,
     TinyModel,
     bytes_to_unicode,
     components_metadata,
     load_tokenizer_from_files,
+    sd15_family_components,
 )
 from charlora.toy import world
 
@@ -191,33 +191,8 @@ def vae_config(scaling_factor=1.0):
 
 def build_toy_components(seed=0):
     """Untrained toy components: {unet, vae, text_encoder, tokenizer, scheduler}."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     tokenizer = load_tokenizer_from_files(toy_tokenizer_files())
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=1,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**unet_config())
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**vae_config())
-        torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(text_config)
-    scheduler = DDPMScheduler.from_config(SD15_DDPM_CONFIG)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+    return sd15_family_components(tokenizer, unet_config(), vae_config(), 64, seed)
 
 
 # --- pictures -----------------------------------------------------------------------------------
