@@ -1,4 +1,4 @@
-"""`python -m charlora demo`: the whole story on the toy model, as a newcomer types it (one epoch here)."""
+"""`python -m charlora demo`: the whole story on the toy model, as a newcomer types it (two epochs here)."""
 
 from pathlib import Path
 

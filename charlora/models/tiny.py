@@ -66,9 +66,20 @@ def bytes_to_unicode():
 
 def tiny_tokenizer_files():
     """{file name: text} of a small CLIP tokenizer, built the way CLIP builds its vocabulary."""
+    return clip_tokenizer_files(_TINY_MERGES)
+
+
+def clip_tokenizer_files(merges):
+    """{file name: text} of a CLIP BPE tokenizer: the byte-level vocabulary, then one token per merge
+    (in order, each once), then CLIP's start and end tokens."""
     byte_chars = list(bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars]
-    vocab += ["".join(pair) for pair in _TINY_MERGES]
+    seen = set(vocab)
+    for pair in merges:
+        token = "".join(pair)
+        if token not in seen:
+            vocab.append(token)
+            seen.add(token)
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     tokenizer_config = {
         "tokenizer_class": "CLIPTokenizer",
@@ -81,7 +92,7 @@ def tiny_tokenizer_files():
     }
     return {
         "vocab.json": json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False),
-        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _TINY_MERGES),
+        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
         "tokenizer_config.json": json.dumps(tokenizer_config, indent=2),
     }
 

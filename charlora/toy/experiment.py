@@ -29,6 +29,7 @@ class CharacterRun:
     data_dir: Path  # the parent of `10_<trigger> <class>/`
     lora_folder: Path
     output_name: str
+    caption_extension: str
     files: list = field(default_factory=list)  # the run's files, epoch order, final file last
 
 
@@ -60,7 +61,7 @@ def train_character(folder, base_model, character: world.Character = world.CHARA
     code = (run_cli or main)(argv)
     if code != 0:
         raise RuntimeError(f"charlora train exited with {code}: {' '.join(argv)}")
-    return CharacterRun(character, data, folder / "model", name, run_files(folder / "model", name).files)
+    return CharacterRun(character, data, folder / "model", name, extension, run_files(folder / "model", name).files)
 
 
 def score_character(run: CharacterRun, base_model, reference: CharacterRun, out, embedder, renderer=None,
@@ -73,13 +74,8 @@ def score_character(run: CharacterRun, base_model, reference: CharacterRun, out,
                      train_data_dir=str(reference.data_dir), output_dir=str(out),
                      prompts=character_prompts(run.character), seeds=list(seeds), scorer="toy", steps=STEPS,
                      cfg=CFG, sampler=SAMPLER, width=world.SIZE, height=world.SIZE,
-                     caption_extension=_extension(reference))
+                     caption_extension=reference.caption_extension)
     return score_run(spec, renderer=renderer, embedder=embedder)
-
-
-def _extension(run: CharacterRun) -> str:
-    concept = next(p for p in run.data_dir.iterdir() if p.is_dir())
-    return next(p.suffix for p in concept.iterdir() if p.suffix not in (".png", ".jpg"))
 
 
 def identity_by_epoch(report: dict) -> list[tuple[int, float]]:

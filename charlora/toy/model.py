@@ -42,7 +42,7 @@ from charlora.models.tiny import (
     _TINY_MERGES,
     COMPONENTS_METADATA_KEY,
     TinyModel,
-    bytes_to_unicode,
+    clip_tokenizer_files,
     components_metadata,
     load_tokenizer_from_files,
     sd15_family_components,
@@ -127,30 +127,7 @@ def toy_merges():
 def toy_tokenizer_files():
     """{file name: text} of the toy CLIP tokenizer: tiny.py's byte-level vocabulary plus merges that
     make every word of the world's captions one token."""
-    merges = toy_merges()
-    byte_chars = list(bytes_to_unicode().values())
-    vocab = byte_chars + [c + "</w>" for c in byte_chars]
-    seen = set(vocab)
-    for pair in merges:
-        token = "".join(pair)
-        if token not in seen:
-            vocab.append(token)
-            seen.add(token)
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    tokenizer_config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "do_lower_case": True,
-    }
-    return {
-        "vocab.json": json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False),
-        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-        "tokenizer_config.json": json.dumps(tokenizer_config, indent=2),
-    }
+    return clip_tokenizer_files(toy_merges())
 
 
 # --- components ---------------------------------------------------------------------------------
