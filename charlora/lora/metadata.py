@@ -1,16 +1,26 @@
-"""The LoRA file's metadata, as Kohya's train_network writes it (all values strings).
+"""The LoRA file's metadata, key for key as sd-scripts' train_network.py writes it (all values strings).
+
+The reference is sd-scripts 48d368fa (`train_network.py` 1003-1223, `library/sai_model_spec.py`;
+docs/dev/sd-scripts-metadata.md has every key with its source line) run with the flags a Kohya GUI
+config stands for: a setting that is off is not passed, so sd-scripts' own default is written
+("None" for most, 0.3 for multires_noise_discount; max_token_length 75 is sd-scripts' None); clip_skip
+is passed as set (ss_clip_skip and modelspec.encoder_layer "1"), and lr_warmup as the GUI passes it
+(percent / 100, a fraction: "0.1"; or the lr_warmup_steps override as an int). Settings sd-scripts has
+and CharLoRA does not (validation, Huber loss, fp8, ...) get sd-scripts' value for "off".
 
 AUTOMATIC1111 reads `ss_output_name` (alias), `ss_sd_model_name`, `ss_base_model_version`,
 `ss_network_*`, `ss_clip_skip`, `ss_tag_frequency`, `ss_bucket_info`, `ss_dataset_dirs` and
-`sshs_model_hash`; values use Python's str() as Kohya's do ("None", "True", "0.0001", "(512, 512)").
-The full CharLoRA config rides along as `charlora.config` (Kohya JSON, written from the parameter
-table, secrets left out and folder paths reduced to their names, which say nothing of your disk).
+`sshs_model_hash`; civitai's uploader and LoRA managers read more. Values use Python's str() as
+sd-scripts' line 1223 does ("None", "True", "0.0001", "(512, 512)"). What CharLoRA adds is under its
+own prefix: `charlora.version`, and the full config as `charlora.config` (Kohya JSON, written from the
+parameter table, secrets left out and folder paths reduced to their names, which say nothing of your disk).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import json
 import secrets
 import time
@@ -26,16 +36,32 @@ from .. import __version__
 from ..params import PARAMS_BY_KEY, to_kohya
 from ..params.config import MAX_METADATA_TEXT
 
-# Config keys written under Kohya's own ss_ names (value: str() of the normalised value).
+# Config keys written under sd-scripts' own ss_ names as str() of the normalised value.
 SS_KEYS = (
     "output_name", "learning_rate", "unet_lr", "text_encoder_lr", "gradient_accumulation_steps",
-    "gradient_checkpointing", "lr_scheduler", "network_dim", "network_alpha", "network_dropout", "mixed_precision",
-    "full_fp16", "clip_skip", "max_token_length", "cache_latents", "noise_offset", "multires_noise_iterations",
-    "multires_noise_discount", "adaptive_noise_scale", "training_comment", "max_grad_norm", "caption_dropout_rate",
-    "caption_dropout_every_n_epochs", "prior_loss_weight", "min_snr_gamma", "scale_weight_norms", "color_aug",
-    "flip_aug", "random_crop", "shuffle_caption", "enable_bucket", "bucket_no_upscale", "min_bucket_reso",
-    "max_bucket_reso", "keep_tokens",
+    "gradient_checkpointing", "lr_scheduler", "network_dim", "network_alpha", "mixed_precision",
+    "full_fp16", "clip_skip", "cache_latents", "max_grad_norm", "caption_dropout_rate",
+    "caption_dropout_every_n_epochs", "prior_loss_weight", "color_aug", "flip_aug", "random_crop",
+    "shuffle_caption", "keep_tokens",
 )
+# Settings whose "off" value (0, or "") sd-scripts has no flag for: off is its default, None (str "None").
+NONE_WHEN_OFF = ("network_dropout", "adaptive_noise_scale", "min_snr_gamma", "scale_weight_norms",
+                 "training_comment")
+MULTIRES_DISCOUNT_DEFAULT = 0.3  # sd-scripts' argparse default (train_util.py 4104-4106), written when not Multires
+# sd-scripts' settings CharLoRA does not have, with the values sd-scripts writes when they are off
+# (train_network.py 1011, 1032, 1037, 1044-1045, 1049-1064; defaults in train_util.py / train_network.py).
+SD_SCRIPTS_ONLY = {
+    "ss_num_validation_images": "0", "ss_lowram": "False", "ss_zero_terminal_snr": "False",
+    "ss_caption_tag_dropout_rate": "0.0", "ss_face_crop_aug_range": "None", "ss_ip_noise_gamma": "None",
+    "ss_debiased_estimation": "False", "ss_noise_offset_random_strength": "False",
+    "ss_ip_noise_gamma_random_strength": "False", "ss_loss_type": "l2", "ss_huber_schedule": "snr",
+    "ss_huber_scale": "1.0", "ss_huber_c": "0.1", "ss_fp8_base": "False", "ss_fp8_base_unet": "False",
+    "ss_validation_seed": "None", "ss_validation_split": "0.0", "ss_max_validation_steps": "None",
+    "ss_validate_every_n_epochs": "None", "ss_validate_every_n_steps": "None", "ss_resize_interpolation": "None",
+}
+SAI_MODEL_SPEC = "1.0.1"  # sai_model_spec.py line 115
+IMPLEMENTATION = f"charlora/{__version__}"  # in place of sd-scripts' "sd-scripts/<commit>": what made the file
+NOT_A_FILE = "IsADirectory"  # sd-scripts' model_hash / calculate_sha256 for a folder (train_util.py 3223-3256)
 KOHYA_OPTIMIZER_CLASSES = {
     "AdamW": "torch.optim.adamw.AdamW", "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
     "Lion": "lion_pytorch.lion_pytorch.Lion", "Lion8bit": "bitsandbytes.optim.lion.Lion8bit",
@@ -58,7 +84,6 @@ class RunInfo:
     num_batches_per_epoch: int = 0
     num_epochs: int = 0
     max_train_steps: int = 0
-    lr_warmup_steps: int = 0
     total_batch_size: int = 1
     dataset_dirs: dict = field(default_factory=dict)
     reg_dataset_dirs: dict = field(default_factory=dict)
@@ -67,6 +92,7 @@ class RunInfo:
     sd_model_name: str | None = None
     sd_model_hash: str | None = None
     new_sd_model_hash: str | None = None
+    optimizer: str | None = None  # ss_optimizer of the optimizer that runs (optim.build_optimizer's label)
     epoch: int = 0
     steps: int = 0
 
@@ -113,11 +139,59 @@ def public_config(values: dict) -> dict:
     return out
 
 
+def _none_when_off(value) -> str:
+    return "None" if value in (0, 0.0, "", None) else _s(value)
+
+
+def kohya_optimizer_name(values: dict) -> str:
+    """ss_optimizer for the config's optimizer as sd-scripts names it (module.Class(args)), when the trainer
+    has not said which optimizer it built."""
+    args = ",".join(values["optimizer_args"].split())
+    name = KOHYA_OPTIMIZER_CLASSES.get(values["optimizer"], values["optimizer"])
+    return f"{name}({args})" if args else name
+
+
+def lr_warmup_text(values: dict) -> str:
+    """ss_lr_warmup_steps as the Kohya GUI passes warm-up to sd-scripts (resolve_lr_warmup_steps): the
+    lr_warmup_steps override as an int, else lr_warmup percent / 100 as a fraction; sd-scripts stores it as given."""
+    if values["lr_warmup_steps"]:
+        return _s(int(values["lr_warmup_steps"]))
+    return _s(values["lr_warmup"] / 100)
+
+
+def noise_metadata(values: dict) -> dict[str, str]:
+    """The noise keys: only the noise type in use is passed to sd-scripts; the rest keep its defaults."""
+    multires = values["noise_offset_type"] == "Multires"
+    return {
+        "ss_noise_offset": "None" if multires else _none_when_off(values["noise_offset"]),
+        "ss_multires_noise_iterations": _none_when_off(values["multires_noise_iterations"]) if multires else "None",
+        "ss_multires_noise_discount": _s(values["multires_noise_discount"] if multires and values[
+            "multires_noise_discount"] else MULTIRES_DISCOUNT_DEFAULT),
+        "ss_adaptive_noise_scale": _none_when_off(values["adaptive_noise_scale"]),
+    }
+
+
+def bucket_metadata(values: dict, run: RunInfo) -> dict[str, str]:
+    """The bucket keys are the dataset's (train_util.py 1931-1944): with buckets off, None/False and null info."""
+    if not values["enable_bucket"]:
+        return {"ss_enable_bucket": "False", "ss_bucket_no_upscale": "False", "ss_min_bucket_reso": "None",
+                "ss_max_bucket_reso": "None", "ss_bucket_info": "null"}
+    return {"ss_enable_bucket": "True", "ss_bucket_no_upscale": _s(values["bucket_no_upscale"]),
+            "ss_min_bucket_reso": _s(values["min_bucket_reso"]), "ss_max_bucket_reso": _s(values["max_bucket_reso"]),
+            "ss_bucket_info": json.dumps(run.bucket_info)}
+
+
 def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
     width, height = (int(v) for v in values["max_resolution"].split(","))
     v_pred = values["v_parameterization"]
+    saved_at = time.time()  # per save, as sd-scripts' save_model (ss_training_finished_at, modelspec.date)
     meta = {f"ss_{key}": _s(values[key]) for key in SS_KEYS}
-    meta["ss_training_comment"] = cap_text(meta["ss_training_comment"])
+    meta.update({f"ss_{key}": _none_when_off(values[key]) for key in NONE_WHEN_OFF})
+    if meta["ss_training_comment"] != "None":
+        meta["ss_training_comment"] = cap_text(meta["ss_training_comment"])
+    meta.update(noise_metadata(values))
+    meta.update(bucket_metadata(values, run))
+    meta.update(SD_SCRIPTS_ONLY)
     meta.update({
         "ss_session_id": _s(run.session_id),
         "ss_training_started_at": _s(run.started_at),
@@ -126,32 +200,33 @@ def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
         "ss_num_batches_per_epoch": _s(run.num_batches_per_epoch),
         "ss_num_epochs": _s(run.num_epochs),
         "ss_max_train_steps": _s(run.max_train_steps),
-        "ss_lr_warmup_steps": _s(run.lr_warmup_steps),
+        "ss_lr_warmup_steps": lr_warmup_text(values),
+        "ss_max_token_length": "None" if values["max_token_length"] == 75 else _s(values["max_token_length"]),
         "ss_network_module": "networks.lora",
         "ss_v2": "False",
         "ss_base_model_version": "sd_v1_v" if v_pred else "sd_v1",
         "ss_seed": _s(run.seed),
-        "ss_optimizer": KOHYA_OPTIMIZER_CLASSES.get(values["optimizer"], values["optimizer"])
-        + (f"({','.join(values['optimizer_args'].split())})" if values["optimizer_args"] else ""),
+        "ss_sd_scripts_commit_hash": IMPLEMENTATION,
+        "ss_optimizer": run.optimizer or kohya_optimizer_name(values),
         "ss_batch_size_per_device": _s(values["train_batch_size"]),
         "ss_total_batch_size": _s(run.total_batch_size),
         "ss_resolution": _s((width, height)),
         "ss_dataset_dirs": json.dumps(run.dataset_dirs),
         "ss_reg_dataset_dirs": json.dumps(run.reg_dataset_dirs),
         "ss_tag_frequency": json.dumps(run.tag_frequency),
-        "ss_bucket_info": json.dumps(run.bucket_info),
-        "ss_sd_model_name": _s(run.sd_model_name or Path(values["pretrained_model_name_or_path"]
-                                                           .replace("\\", "/")).name),
-        "ss_training_finished_at": _s(time.time()),
+        "ss_sd_model_name": run.sd_model_name or sd_model_name(values["pretrained_model_name_or_path"]),
+        "ss_training_finished_at": _s(saved_at),
         "ss_steps": _s(run.steps),
         "ss_epoch": _s(run.epoch),
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": SAI_MODEL_SPEC,
         "modelspec.architecture": "stable-diffusion-v1/lora",
         "modelspec.implementation": "diffusers",
-        "modelspec.title": values["output_name"] or f"LoRA@{run.started_at}",
+        "modelspec.implementation_version": IMPLEMENTATION,
+        "modelspec.title": values["output_name"] or f"LoRA@{saved_at}",
         "modelspec.resolution": f"{width}x{height}",
-        "modelspec.date": datetime.fromtimestamp(int(run.started_at)).isoformat(),
+        "modelspec.date": datetime.fromtimestamp(int(saved_at)).isoformat(),
         "modelspec.prediction_type": "v" if v_pred else "epsilon",
+        "modelspec.encoder_layer": _s(values["clip_skip"]),
         "charlora.version": __version__,
         "charlora.config": json.dumps(public_config(values), sort_keys=True),
     })
@@ -159,8 +234,6 @@ def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
         meta["ss_sd_model_hash"] = run.sd_model_hash
     if run.new_sd_model_hash:
         meta["ss_new_sd_model_hash"] = run.new_sd_model_hash
-    if values["clip_skip"] > 1:
-        meta["modelspec.encoder_layer"] = _s(values["clip_skip"])
     if (values["min_timestep"], values["max_timestep"]) != (0, 1000):
         meta["modelspec.timestep_range"] = f"{values['min_timestep']},{values['max_timestep']}"
     return meta
@@ -176,9 +249,24 @@ def addnet_hashes(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
     return {"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy}
 
 
+def sd_model_name(source: str) -> str:
+    """ss_sd_model_name as sd-scripts writes it (train_network.py 1207-1213): the file or folder name of a
+    local model, the whole id of a Hub model ("runwayml/stable-diffusion-v1-5"). A path that is not on this
+    disk (a config from another machine) gives its last name too: paths say nothing of the user's disk."""
+    from ..models.loading import looks_like_hub_id
+
+    text = str(source)
+    if looks_like_hub_id(text) and not os.path.exists(text):
+        return text
+    return Path(text.replace("\\", "/").rstrip("/")).name
+
+
 def source_model_hashes(path: str | Path) -> tuple[str | None, str | None]:
-    """(A1111's legacy 8-hex hash, full sha256) of a local base model file; None for Hub ids."""
+    """(A1111's legacy 8-hex hash, full sha256) of a local base model file, as sd-scripts writes them:
+    "IsADirectory" for both when it is a (diffusers) folder, None for both when it is not on disk (a Hub id)."""
     path = Path(path)
+    if path.is_dir():
+        return NOT_A_FILE, NOT_A_FILE
     if not path.is_file():
         return None, None
     with open(path, "rb") as fh:

@@ -53,7 +53,8 @@ def clean_path(source):
     return Path(text).expanduser() if text else None
 
 
-def _looks_like_hub_id(text):
+def looks_like_hub_id(text) -> bool:
+    """"owner/name" (a Hugging Face Hub model id), not a path to a weights file."""
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and not text.endswith(
         (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
     )
@@ -396,7 +397,7 @@ def load_base_model(source, dtype=torch.float32, device="cpu"):
     if path.is_file():
         return _pipeline_from_single_file(path, dtype, device)
     text = _strip_quotes(source)
-    if _looks_like_hub_id(text):
+    if looks_like_hub_id(text):
         return _from_pretrained(text, dtype, device, local=False)
     raise ModelLoadError(f"{path} does not exist. Check the path of the base model (a .safetensors or .ckpt file).")
 

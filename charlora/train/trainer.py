@@ -225,7 +225,7 @@ class Trainer:
         set_seed(self.seed)  # identical LoRA init on every process, whatever caching consumed
         self.network = setup.build_network(self.pipe, v, self.precision, self.emit)
         groups, self.group_names = setup.param_groups(self.network)
-        self.optimizer, optimizer_label, warnings = build_optimizer(v["optimizer"], groups, v, self.device)
+        self.optimizer, self.optimizer_label, warnings = build_optimizer(v["optimizer"], groups, v, self.device)
         for warning in warnings:
             self.emit.warn(warning)
         self.warmup = warmup_steps(v, self.total_steps)
@@ -248,7 +248,7 @@ class Trainer:
             reg_samples_per_epoch=self.plan.num_reg_samples,
             buckets={f"{w}x{h}": n for (w, h), n in self.plan.bucket_counts.items()},
             batch_size=v["train_batch_size"], processes=self.world, device=str(self.device),
-            precision=self.precision.label, attention=self.attention, optimizer=optimizer_label, seed=self.seed,
+            precision=self.precision.label, attention=self.attention, optimizer=self.optimizer_label, seed=self.seed,
             start_step=self.global_step, history=tuple(self.history)))
 
     @torch.no_grad()
@@ -280,9 +280,12 @@ class Trainer:
         info = dataset_info(self.plan)
         # a resumed run keeps its run's ss_session_id, so its files group with the stopped run's
         restored = {"session_id": self.session_id} if self.session_id is not None else {}
+        # sd-scripts' ss_num_reg_images: the reg folders' images x repeats as found, before balancing
+        raw_reg = sum(c.repeats * len(c.images) for c in self.plan.reg_concepts)
         return RunInfo(**restored, seed=self.seed, num_train_images=self.plan.num_train_samples,
-                       num_reg_images=self.plan.num_reg_samples, num_batches_per_epoch=self.plan.batches_per_epoch,
-                       num_epochs=self.total_epochs, max_train_steps=self.total_steps, lr_warmup_steps=self.warmup,
+                       num_reg_images=raw_reg, optimizer=self.optimizer_label,
+                       num_batches_per_epoch=self.plan.batches_per_epoch, num_epochs=self.total_epochs,
+                       max_train_steps=self.total_steps,
                        total_batch_size=self.plan.global_batch_size * v["gradient_accumulation_steps"],
                        sd_model_hash=legacy, new_sd_model_hash=full, **info)
 
