@@ -33,6 +33,22 @@ def test_chart_of_one_point_shows_a_dot():
     assert "<circle" in svg and polyline_points(svg, "a")[0] == 1
 
 
+def test_a_long_legend_wraps_inside_the_chart():
+    """Three long series names (the toy-identity chart's) ran past the right edge: 'no LoRA' was cut off."""
+    import re
+
+    names = ["wwaa LoRA (the character)", "zzkk LoRA (another character)", "no LoRA"]
+    svg = line_chart({n: [(0, 0.1 * i), (1, 0.2)] for i, n in enumerate(names)}, "t", "x", "y")
+    width, height = map(float, re.search(r'viewBox="0 0 (\S+) (\S+)"', svg).groups())
+    labels = re.findall(r'<text x="([\d.]+)" y="([\d.]+)">([^<]+)</text>', svg)
+    assert [label for _, _, label in labels] == names
+    for x, y, label in labels:  # each label starts inside, ends inside (7 px per character, generous)
+        assert float(x) + 7 * len(label) <= width and float(y) <= height, label
+    assert height > 260  # a second legend row
+    short = line_chart({"loss": [(0, 1), (1, 2)], "average": [(0, 1), (1, 1)]}, "t", "x", "y")
+    assert 'viewBox="0 0 560 260"' in short  # one row: the chart keeps its size
+
+
 def snap(**kw):
     base = dict(version=3, state="stopped", step=24, total_steps=280, epoch=1, total_epochs=2, loss=0.5,
                 average_loss=0.6, lr={"unet": 1e-4}, it_per_s=2.0, eta_s=128.0)

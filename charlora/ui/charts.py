@@ -14,6 +14,7 @@ import math
 COLORS = ("#f97316", "#2563eb", "#16a34a", "#9333ea")
 WIDTH, HEIGHT = 560, 260
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 30, 44
+LEGEND_ROW, LEGEND_CHAR = 16, 7  # a legend row's height; a generous width per character at 12 px sans-serif
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -27,6 +28,18 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
+def _legend_places(names: list[str]) -> list[tuple[float, int]]:
+    """(x, row) of each legend entry: left to right, a new row when the next would run past the right edge."""
+    places, x, row = [], LEFT, 0
+    for name in names:
+        width = 22 + LEGEND_CHAR * len(name)
+        if x > LEFT and x + width > WIDTH - RIGHT:
+            x, row = LEFT, row + 1
+        places.append((x, row))
+        x += width + 12
+    return places
+
+
 def _label(value: float) -> str:
     return f"{value:.4g}"
 
@@ -36,7 +49,9 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
     """An SVG chart of one or more named series of (x, y) points. Each series' polyline carries
     data-series and data-points (the number of points) so tests and users' scripts can read it."""
     points = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(x) and math.isfinite(y)]
-    parts = [f'<svg id="{elem_id}" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
+    legend = _legend_places(list(series)) if points else []
+    height = HEIGHT + LEGEND_ROW * max(0, max((row for _, row in legend), default=0))
+    parts = [f'<svg id="{elem_id}" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" '
              f'width="100%" style="max-width:{WIDTH * 1.6:.0f}px;font-family:sans-serif;font-size:12px" '
              f'role="img" aria-label="{html.escape(title)}">',
              f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>']
@@ -70,7 +85,6 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
                  f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 18}" text-anchor="middle">{html.escape(x_label)}</text>'
                  f'<text transform="translate(14 {TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">'
                  f'{html.escape(y_label)}</text>')
-    legend_x = LEFT
     for index, (name, pts) in enumerate(series.items()):
         color = COLORS[index % len(COLORS)]
         good = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
@@ -79,9 +93,10 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
                      f'fill="none" stroke="{color}" stroke-width="1.6"/>')
         if len(good) == 1:  # a single point draws no line: show it as a dot
             parts.append(f'<circle cx="{sx(good[0][0]):.1f}" cy="{sy(good[0][1]):.1f}" r="2.5" fill="{color}"/>')
-        parts.append(f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{HEIGHT - 5}" y2="{HEIGHT - 5}" '
-                     f'stroke="{color}" stroke-width="3"/><text x="{legend_x + 22}" y="{HEIGHT - 1}">'
+        legend_x, row = legend[index]
+        y = HEIGHT + LEGEND_ROW * row
+        parts.append(f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{y - 5}" y2="{y - 5}" '
+                     f'stroke="{color}" stroke-width="3"/><text x="{legend_x + 22}" y="{y - 1}">'
                      f'{html.escape(name)}</text>')
-        legend_x += 34 + 7 * len(name)
     parts.append("</svg>")
     return "".join(parts)
