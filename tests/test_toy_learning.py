@@ -5,9 +5,10 @@ purple hat, trigger "wwaa") is new to it: orange is a colour it has never drawn.
 user's own Kohya config (the seed fixture: UNet + text encoder, AdamW8bit, one file per epoch) scaled
 to the toy (charlora.toy.demo.TOY_SETTINGS), the LoRA must draw the character's colours where the base
 model and a LoRA trained on another character do not, score higher identity than that other LoRA,
-keep drawing the world for prompts without the trigger, and a deliberately over-trained run must be
-warned. docs/toy-world.md has the measured numbers, what the toy model cannot learn yet (the star's
-shape), and what deliberately broken training gives (tools/toy_learning.py --break ...).
+score identity clearly above the no-LoRA baseline and that other LoRA (rising over the first epochs, with
+the recommendation at or after the rise), keep drawing the world for prompts without the trigger, and a
+deliberately over-trained run must be warned. docs/toy-world.md has the measured numbers, and what
+deliberately broken training gives (tools/toy_learning.py --break ...): these tests fail on it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytest
 from charlora.toy import experiment, world
 from conftest import SEED_CONFIG
 
-OVERTRAINED = {"learning_rate": 1e-2, "unet_lr": 1e-2, "text_encoder_lr": 5e-3}  # 10x the toy's rate
+# 10x the toy's learning rate and alpha = rank (16x its scale): a deliberately over-cooked run
+OVERTRAINED = {"learning_rate": 1e-2, "unet_lr": 1e-2, "text_encoder_lr": 5e-3, "network_alpha": 16}
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +68,44 @@ def test_the_lora_draws_the_characters_colours(toy, learned):
                                     embedder, "orange")
     print(f"orange figures: wwaa LoRA {ours:.2f}, no LoRA {base:.2f}, zzkk LoRA {other:.2f}")
     assert ours >= 0.8  # 1.00 measured
-    assert base <= 0.4 and other <= 0.2  # 0.17 and 0.00 measured
+    assert base <= 0.4 and other <= 0.2  # 0.33 and 0.00 measured
 
 
-def test_identity_is_above_another_characters_lora(learned):
+RISE = 0.1  # identity above the no-LoRA baseline that counts as learned (seed noise is ~0.02-0.05)
+
+
+def test_identity_is_clearly_above_the_baseline_and_another_characters_lora(learned):
     curve, other_curve = learned["curve"], learned["other_curve"]
     baseline, final, other_final = curve[0][1], curve[-1][1], other_curve[-1][1]
     print(f"identity: no LoRA {baseline:.3f}, wwaa LoRA {final:.3f}, zzkk LoRA {other_final:.3f}")
-    assert final > other_final + 0.1  # 0.196 against -0.004 measured
-    # Not asserted, because not reached yet: identity clearly above the no-LoRA baseline (0.196 against 0.178
-    # measured). docs/toy-world.md says why (the toy UNet cannot draw the star's points; the toy scorer's
-    # identity is mostly layout and background, which the base model already gets right).
+    assert final > baseline + RISE  # 0.433 against 0.304 measured
+    assert final > other_final + RISE  # against 0.034
+
+
+def test_identity_rises_over_the_first_epochs_and_the_score_recommends_after_the_rise(learned):
+    curve, report = learned["curve"], learned["report"]
+    baseline = curve[0][1]
+    risen = [epoch for epoch, value in curve[1:] if value > baseline + RISE]
+    print(f"identity above the baseline + {RISE} from epoch {risen[0] if risen else None}; "
+          f"recommended {report['recommendation']['label']}")
+    assert risen and risen[0] <= 3  # measured: from epoch 2 (0.444 against 0.304)
+    assert max(value for _, value in curve[1:4]) > curve[1][1]  # it goes on rising after epoch 1 (0.372)
+    recommended = report["recommendation"]
+    assert not recommended["all_warned"]
+    assert recommended["epoch"] >= risen[0]  # epoch 2 measured
+
+
+def test_the_text_encoders_lora_changes_the_trigger_prompts(toy, learned):
+    """The text encoder's LoRA is trained and saved: it changes what the trigger prompts encode to, more than
+    the world's captions (a LoRA whose text-encoder part was dropped or never trained changes nothing)."""
+    base, _, _ = toy
+    trigger = experiment.character_prompts(world.CHARACTER)
+    change = experiment.text_encoder_change(base, learned["ours"].files[-1], trigger + experiment.WORLD_PROMPTS)
+    on_trigger = sum(change[:len(trigger)]) / len(trigger)
+    on_world = sum(change[len(trigger):]) / len(experiment.WORLD_PROMPTS)
+    print(f"text encoder output changed by the LoRA: trigger prompts {on_trigger:.3f}, world prompts {on_world:.3f}")
+    assert on_trigger >= 0.01  # 0.018 measured; 0 without a trained text-encoder LoRA
+    assert on_trigger > on_world  # 0.013
 
 
 def test_prompts_without_the_trigger_still_draw_the_world(toy, learned):
@@ -85,8 +114,9 @@ def test_prompts_without_the_trigger_still_draw_the_world(toy, learned):
     plain = experiment.world_recognition(base, embedder, renderer=renderer)
     print(f"world prompts, shape+colour right: with the LoRA {kept['shape_colour']:.2f} (background "
           f"{kept['background']:.2f}), base model {plain['shape_colour']:.2f} ({plain['background']:.2f})")
+    assert plain["shape_colour"] >= 0.75 and plain["background"] >= 0.9  # the base model draws its world: 0.88, 1.00
     assert kept["background"] >= 0.9  # 1.00 measured
-    assert kept["shape_colour"] >= 0.35  # 0.46 measured, against 0.88 without the LoRA
+    assert kept["shape_colour"] >= 0.7  # 0.83 measured, against 0.88 without the LoRA
 
 
 def test_an_overtrained_run_is_warned(toy, tmp_path):

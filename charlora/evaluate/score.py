@@ -11,6 +11,11 @@ when there is one). All similarities are cosines of L2-normalised embeddings:
   Does it still follow the prompt? None without a text tower.
 - nearest_copy: the highest similarity of any generated image to any single training image.
 
+An embedder may split its vectors into two parts (an attribute `parts`: {"identity": slice, "copy": slice}):
+identity, consistency and prompt fidelity are then cosines of the "identity" part, nearest_copy of the "copy"
+part. The toy scorer does: what makes a picture the character (its shape and colours) is not what makes it
+a copy of one training picture (the same place, size and background). A CLIP embedding serves both.
+
 Overfitting warnings, and why these numbers (heuristics; tune them with real runs):
 - COPY_THRESHOLD 0.95: with CLIP ViT-L/14, different photos of one person mostly score 0.75-0.9,
   while an image and a resized or re-compressed copy of it score above 0.95. A generation that
@@ -455,10 +460,16 @@ def cosine_matrix(a, b) -> torch.Tensor:
     return _normalise(a) @ _normalise(b).T
 
 
-def score_checkpoint(name, generated_embs, train_embs, text_embs=None, epoch=None, baseline=None) -> CheckpointScore:
+def _part(x: torch.Tensor, parts, name: str) -> torch.Tensor:
+    return x if not parts or name not in parts else x[:, parts[name]]
+
+
+def score_checkpoint(name, generated_embs, train_embs, text_embs=None, epoch=None, baseline=None,
+                     parts=None) -> CheckpointScore:
     """Scores of one checkpoint. `text_embs[i]` is the prompt embedding of generated image i (or None).
 
-    With `baseline` (the no-LoRA score) the prompt-fidelity warning is checked too.
+    With `baseline` (the no-LoRA score) the prompt-fidelity warning is checked too. `parts` is the
+    embedder's {"identity": slice, "copy": slice} when its vectors have two parts (the module docstring).
     """
     generated, train = _as_matrix(generated_embs), _as_matrix(train_embs)
     if len(generated) == 0:
@@ -466,6 +477,8 @@ def score_checkpoint(name, generated_embs, train_embs, text_embs=None, epoch=Non
                             "images first")
     if len(train) == 0:
         raise CharLoRAError("no training images to compare with: point the evaluation at the run's dataset folder")
+    nearest_copy = float(cosine_matrix(_part(generated, parts, "copy"), _part(train, parts, "copy")).max())
+    generated, train = _part(generated, parts, "identity"), _part(train, parts, "identity")
     to_train = cosine_matrix(generated, train)
     n = len(generated)
     if n > 1:  # mean over the off-diagonal pairs (the diagonal is each image with itself)
@@ -479,16 +492,16 @@ def score_checkpoint(name, generated_embs, train_embs, text_embs=None, epoch=Non
         if len(texts) != n:
             raise CharLoRAError(f"checkpoint {name!r}: {len(texts)} prompt embeddings for {n} images; give one prompt "
                                 "per generated image")
-        fidelity = float(cosine_matrix(generated, texts).diagonal().mean())
+        fidelity = float(cosine_matrix(generated, _part(texts, parts, "identity")).diagonal().mean())
     score = CheckpointScore(name=name, epoch=epoch, identity=float(to_train.mean()), consistency=consistency,
-                            prompt_fidelity=fidelity, nearest_copy=float(to_train.max()))
+                            prompt_fidelity=fidelity, nearest_copy=nearest_copy)
     score.warnings = check_warnings(score, baseline)
     return score
 
 
-def score_baseline(generated_embs, train_embs, text_embs=None) -> CheckpointScore:
+def score_baseline(generated_embs, train_embs, text_embs=None, parts=None) -> CheckpointScore:
     """The base model's images without any LoRA: how much each checkpoint adds is measured against this."""
-    return score_checkpoint(BASELINE_NAME, generated_embs, train_embs, text_embs)
+    return score_checkpoint(BASELINE_NAME, generated_embs, train_embs, text_embs, parts=parts)
 
 
 def score_images(embedder: Embedder, name, images, train_embs, prompts=None, epoch=None, baseline=None):
@@ -498,7 +511,8 @@ def score_images(embedder: Embedder, name, images, train_embs, prompts=None, epo
         unique = list(dict.fromkeys(prompts))  # each prompt is embedded once
         by_prompt = dict(zip(unique, embedder.embed_texts(unique)))
         text_embs = torch.stack([by_prompt[p] for p in prompts])
-    return score_checkpoint(name, embedder.embed_images(images), train_embs, text_embs, epoch=epoch, baseline=baseline)
+    return score_checkpoint(name, embedder.embed_images(images), train_embs, text_embs, epoch=epoch, baseline=baseline,
+                            parts=getattr(embedder, "parts", None))
 
 
 def check_warnings(score: CheckpointScore, baseline: CheckpointScore | None = None) -> list[str]:

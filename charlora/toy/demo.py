@@ -22,7 +22,7 @@ TOY_SETTINGS = {
     "min_bucket_reso": 64,
     "max_bucket_reso": 128,
     "network_dim": 16,  # the toy UNet's layers are 32-64 wide: rank 128 would exceed them
-    "network_alpha": 16,
+    "network_alpha": 1,  # as the user's config: alpha below the rank, so a wrong alpha scale shows
     "learning_rate": 1e-3,  # a model this small takes larger steps than SD 1.5's 1e-4
     "unet_lr": 1e-3,
     "text_encoder_lr": 5e-4,  # half the UNet's, as in the user's config

@@ -10,13 +10,20 @@ The network (`ToyNet`): four 3x3 conv + batch-norm + ReLU + 2x2 max-pool stages 
 channels; 64 -> 4 px), a dense layer of FEATURES units and one linear head per attribute: shape,
 colour, background, size and coarse x/y position (4 bins each). About 36 s of one CPU core.
 
-An embedding concatenates L2-normalised blocks, each scaled by the square root of its weight
-(BLOCK_WEIGHTS, summing to 1), so that a cosine is the weighted mean of the blocks' cosines:
+An embedding has two parts (`ToyEmbedder.parts`; `charlora.evaluate.score` reads identity, consistency
+and prompt fidelity from the first, the nearest copy from the second). Each part concatenates
+L2-normalised blocks, each scaled by the square root of its weight (the weights of a part sum to 1), so
+that a cosine is the weighted mean of the blocks' cosines:
 
 - the attribute probabilities (shape, colour, background, size): what the picture shows;
 - the look: the last conv stage's 64 x 4 x 4 map, centred by its mean over world scenes, so that
   two pictures are alike in it only in what sets them apart from the average scene. It keeps where
   things are and how big: a 1 px shift changes it little, a few pixels a lot.
+
+IDENTITY_WEIGHTS lean on shape and colour (what makes a figure the character, wherever it stands);
+COPY_WEIGHTS lean on the look (what makes a picture a copy of one training picture). With one set of
+weights for both, either the no-LoRA world scored half the character's identity (the look of a figure on
+a plain background is much alike) or honest new pictures of the character set off the copy warning.
 
 What the scores then mean (numbers in tests/test_toy_embedder.py): pictures of one character
 (another background, place and size) are far more alike than pictures of two characters or than a
@@ -51,8 +58,10 @@ BACKGROUNDS = tuple(world.BACKGROUNDS)
 SIZES = tuple(world.SIZES)
 HEADS = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS, "size": SIZES,
          "x": tuple(range(POSITION_BINS)), "y": tuple(range(POSITION_BINS))}
-# Squared weights of the embedding's blocks (their share of a cosine).
-BLOCK_WEIGHTS = {"shape": 0.15, "colour": 0.15, "background": 0.1, "size": 0.05, "look": 0.55}
+# Squared weights of each part's blocks (their share of a cosine).
+IDENTITY_WEIGHTS = {"shape": 0.3, "colour": 0.4, "background": 0.05, "size": 0.05, "look": 0.2}
+COPY_WEIGHTS = {"shape": 0.15, "colour": 0.15, "background": 0.1, "size": 0.05, "look": 0.55}
+ATTRIBUTES = ("shape", "colour", "background", "size")
 SYNONYMS = {"grey": "gray", "big": "large", "tiny": "small", "orb": "circle", "box": "square"}
 
 # Training: ~36 s of one CPU core; 100% held-out shape/colour/background/size, ~98% x/y bins.
@@ -186,13 +195,10 @@ class ToyEmbedder:
         self.name = name
         self.info = info or {}
         self.device = torch.device("cpu")
-        self._slices = {}
-        start = 0
-        for block in BLOCK_WEIGHTS:
-            width = LOOK if block == "look" else len(HEADS[block])
-            self._slices[block] = slice(start, start + width)
-            start += width
-        self.dim = start
+        self._widths = {block: LOOK if block == "look" else len(HEADS[block]) for block in IDENTITY_WEIGHTS}
+        part = sum(self._widths.values())
+        self.parts = {"identity": slice(0, part), "copy": slice(part, 2 * part)}
+        self.dim = 2 * part
 
     @torch.inference_mode()
     def _run(self, images):
@@ -207,12 +213,15 @@ class ToyEmbedder:
         return (torch.cat(feats) if feats else torch.empty(0, LOOK),
                 {name: torch.cat(p) if p else empty[name] for name, p in probs.items()})
 
+    def _part(self, blocks: dict, weights: dict, n: int) -> torch.Tensor:
+        out = [nn.functional.normalize(blocks[block], dim=-1) * weights[block] ** 0.5 if block in blocks
+               else torch.zeros(n, width) for block, width in self._widths.items()]
+        return nn.functional.normalize(torch.cat(out, dim=1), dim=-1)
+
     def _assemble(self, blocks: dict, n: int) -> torch.Tensor:
-        out = torch.zeros(n, self.dim)
-        for block, weight in BLOCK_WEIGHTS.items():
-            if block in blocks:
-                out[:, self._slices[block]] = nn.functional.normalize(blocks[block], dim=-1) * weight ** 0.5
-        return nn.functional.normalize(out, dim=-1)
+        """Both parts, each a unit vector, scaled so the whole is one too (its cosine: the parts' mean)."""
+        both = torch.cat([self._part(blocks, IDENTITY_WEIGHTS, n), self._part(blocks, COPY_WEIGHTS, n)], dim=1)
+        return both / 2 ** 0.5
 
     def embed_images(self, images) -> torch.Tensor:
         """(N, dim) float32 CPU unit vectors, one per PIL image."""
@@ -221,12 +230,11 @@ class ToyEmbedder:
         return self._assemble({**probs, "look": feats - self.world_mean}, len(images))
 
     def embed_texts(self, texts) -> torch.Tensor:
-        """(N, dim) unit vectors: the world's words of each text in the attribute blocks (others ignored).
+        """(N, dim) vectors: the world's words of each text in the attribute blocks (others ignored).
 
         A text with none of the world's words gives a zero vector (similarity 0 to every picture)."""
         texts = list(texts)
-        blocks = {name: torch.zeros(len(texts), len(HEADS[name])) for name in ("shape", "colour", "background",
-                                                                              "size")}
+        blocks = {name: torch.zeros(len(texts), len(HEADS[name])) for name in ATTRIBUTES}
         for i, text in enumerate(texts):
             for name, values in words_of(text).items():
                 for value in values:

@@ -33,6 +33,11 @@ class CharacterRun:
     files: list = field(default_factory=list)  # the run's files, epoch order, final file last
 
 
+# World captions (no trigger) for measuring what the LoRA's text-encoder part changes besides the character.
+WORLD_PROMPTS = ["a small red circle on a white background", "a large blue square on a black background",
+                 "a small yellow triangle on a gray background"]
+
+
 def character_prompts(character: world.Character) -> list[str]:
     return [f"{character.trigger} {character.class_word}, on a {bg} background" for bg in world.BACKGROUNDS]
 
@@ -117,3 +122,30 @@ def colour_share(images, embedder, colour: str) -> float:
     """Share of `images` whose main colour the toy scorer reads as `colour` (e.g. the character's orange)."""
     seen = embedder.recognise(images)
     return sum(r["colour"] == colour for r in seen) / max(1, len(seen))
+
+
+def text_encoder_change(base_model, lora_file, prompts) -> list[float]:
+    """How much the LoRA's text-encoder part changes the text encoder's output for each prompt: the norm of
+    the change over the norm of the output, all 77 positions. Merged by hand from the file's lora_te_
+    tensors (W + up @ down * alpha / rank), apart from the loaders, so a loader bug cannot hide here."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..models.loading import load_base_model
+
+    pipe = load_base_model(str(base_model))
+    encoder, tokenizer = pipe.text_encoder.float().eval(), pipe.tokenizer
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    modules = {"lora_te_text_model_" + name.replace(".", "_"): module for name, module in encoder.named_modules()}
+    tensors = load_file(str(lora_file))
+    with torch.no_grad():
+        before = encoder(ids)[0]
+        for key, down in tensors.items():
+            if key.startswith("lora_te_") and key.endswith(".lora_down.weight"):
+                stem = key[:-len(".lora_down.weight")]
+                up = tensors[stem + ".lora_up.weight"].float()
+                alpha = float(tensors[stem + ".alpha"]) if stem + ".alpha" in tensors else down.shape[0]
+                modules[stem].weight += up @ down.float() * (alpha / down.shape[0])
+        after = encoder(ids)[0]
+    return [float((a - b).norm() / b.norm()) for a, b in zip(after, before)]
