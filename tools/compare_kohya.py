@@ -1,7 +1,7 @@
 """CharLoRA's training speed and memory side by side with Kohya's sd-scripts, in alternating rounds.
 
     tools/compare_kohya.py PEERS_DIR [--rounds 3] [--resolution 256] [--steps 12] [--also-diffusers]
-    tools/compare_kohya.py PEERS_DIR --resolution 256 --report-only      # the table from runs already made
+    tools/compare_kohya.py PEERS_DIR --resolution 256 --report-only [--since-round N]   # from runs already made
 
 PEERS_DIR is set up as the peers harness's README says (sd-scripts 48d368fa and diffusers' LoRA example in
 their own virtualenvs, an SD 1.5-shaped model with random weights, the dataset, its `tools/`); this script
@@ -60,9 +60,9 @@ def ratio(ours: dict, theirs: dict, key: str) -> float | None:
     return a / b if a and b else None
 
 
-def report(peers: Path, resolution: int, peer: str = "kohya") -> int:
+def report(peers: Path, resolution: int, peer: str = "kohya", since: int = 1) -> int:
     rounds = {n: tools for n, tools in results(peers, resolution).items()
-              if tools.get("charlora", {}).get("rc") == 0 and tools.get(peer, {}).get("rc") == 0}
+              if n >= since and tools.get("charlora", {}).get("rc") == 0 and tools.get(peer, {}).get("rc") == 0}
     if not rounds:
         print(f"no round at {resolution} px with both charlora and {peer} finished in {peers / 'results'}")
         return 1
@@ -81,7 +81,7 @@ def report(peers: Path, resolution: int, peer: str = "kohya") -> int:
     print("| **median** | " + " | ".join("-" if medians[k] is None else f"**{medians[k]:.2f}**" for k in keys) + " |")
     goal = [f"{METRICS[k][0]} <= {METRICS[k][1]}" for k in keys if METRICS[k][1]]
     print("| goal | " + " | ".join("-" if METRICS[k][1] is None else f"<= {METRICS[k][1]}" for k in keys) + " |")
-    print(f"\nAbsolute (median over rounds): ")
+    print("\nAbsolute (median over rounds):")
     for tool in ("charlora", peer):
         parts = []
         for k in keys:
@@ -103,17 +103,21 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12, help="training steps per run (the first 2 not timed)")
     parser.add_argument("--also-diffusers", action="store_true", help="run diffusers' LoRA example in each round too")
     parser.add_argument("--report-only", action="store_true", help="print the table from the runs already made")
+    parser.add_argument("--since-round", type=int, default=None,
+                        help="report only rounds from this number on (default: the rounds just run, or all)")
     args = parser.parse_args()
     peers = args.peers.absolute()
     if not (peers / "tools" / "run_one.sh").is_file():
         print(f"{peers} is not a peers folder (no tools/run_one.sh): set it up as its README says", file=sys.stderr)
         return 2
+    since = args.since_round or 1
     if not args.report_only:
         tools = ["kohya", "charlora"] + (["diffusers"] if args.also_diffusers else [])
+        since = args.since_round or max(results(peers, args.resolution), default=0) + 1
         run_rounds(peers, args.rounds, args.resolution, args.steps, tools)
-    code = report(peers, args.resolution)
+    code = report(peers, args.resolution, since=since)
     if args.also_diffusers:
-        report(peers, args.resolution, "diffusers")
+        report(peers, args.resolution, "diffusers", since=since)
     return code
 
 

@@ -151,10 +151,12 @@ def build_network(pipe, values: dict, precision: Precision, emit: Emitter) -> Lo
             (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
     pipe.unet.train()
     pipe.text_encoder.train(settings.train_text_encoder)
-    # Convolution kernels run faster on NHWC tensors (the UNet is mostly convolutions): on NVIDIA GPUs, and on
-    # the CPU too (oneDNN): SD 1.5 at 256 px, 6.33 / 6.28 against 6.88 / 6.86 s per step, alternating rounds
-    # (docs/benchmarks.md).
-    pipe.unet.to(memory_format=torch.channels_last)
+    if precision.device.type == "cuda":
+        # convolution kernels on NVIDIA GPUs run faster on NHWC tensors (the UNet is mostly convolutions). On the
+        # CPU it was measured and not kept: ~8% off a step of a model built in memory, but with a model loaded
+        # from its file the conv weights are copied beside the memory-mapped file (peak RSS 5.9 -> 8.1 GiB) and
+        # side by side with Kohya the step was no clearer a win (docs/benchmarks.md).
+        pipe.unet.to(memory_format=torch.channels_last)
     if values["dynamo_backend"] != "no":
         pipe.unet.forward = torch.compile(pipe.unet.forward, backend=values["dynamo_backend"])
         emit.info(f"UNet compiled with torch.compile (backend {values['dynamo_backend']}); the first steps are "
