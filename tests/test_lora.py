@@ -62,7 +62,8 @@ def trained_network(unet, text_encoder, rank=4, alpha=2.0, seed=1):
 
 def metadata_for(values=None):
     values = values or normalize(dict(defaults(), network_dim=4, network_alpha=2.0, output_name="girl")).values
-    return build_metadata(values, RunInfo(seed=42, num_train_images=140, epoch=3, steps=420))
+    return build_metadata(values, RunInfo(seed=42, num_train_images=140, epoch=3, steps=420,
+                                          optimizer="bitsandbytes.optim.adamw.AdamW8bit"))
 
 
 @pytest.fixture

@@ -62,12 +62,6 @@ SD_SCRIPTS_ONLY = {
 SAI_MODEL_SPEC = "1.0.1"  # sai_model_spec.py line 115
 IMPLEMENTATION = f"charlora/{__version__}"  # in place of sd-scripts' "sd-scripts/<commit>": what made the file
 NOT_A_FILE = "IsADirectory"  # sd-scripts' model_hash / calculate_sha256 for a folder (train_util.py 3223-3256)
-KOHYA_OPTIMIZER_CLASSES = {
-    "AdamW": "torch.optim.adamw.AdamW", "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
-    "Lion": "lion_pytorch.lion_pytorch.Lion", "Lion8bit": "bitsandbytes.optim.lion.Lion8bit",
-    "SGDNesterov": "torch.optim.sgd.SGD", "Adafactor": "transformers.optimization.Adafactor",
-    "Prodigy": "prodigyopt.prodigy.Prodigy",
-}
 
 
 @dataclass
@@ -92,7 +86,9 @@ class RunInfo:
     sd_model_name: str | None = None
     sd_model_hash: str | None = None
     new_sd_model_hash: str | None = None
-    optimizer: str | None = None  # ss_optimizer of the optimizer that runs (optim.build_optimizer's label)
+    # ss_optimizer: the text of the optimizer that runs (train.optim.build_optimizer's description), never the
+    # config's name: optimizer_fallback may have swapped it, and train/optim.py alone knows optimizer classes
+    optimizer: str = ""
     epoch: int = 0
     steps: int = 0
 
@@ -143,14 +139,6 @@ def _none_when_off(value) -> str:
     return "None" if value in (0, 0.0, "", None) else _s(value)
 
 
-def kohya_optimizer_name(values: dict) -> str:
-    """ss_optimizer for the config's optimizer as sd-scripts names it (module.Class(args)), when the trainer
-    has not said which optimizer it built."""
-    args = ",".join(values["optimizer_args"].split())
-    name = KOHYA_OPTIMIZER_CLASSES.get(values["optimizer"], values["optimizer"])
-    return f"{name}({args})" if args else name
-
-
 def lr_warmup_text(values: dict) -> str:
     """ss_lr_warmup_steps as the Kohya GUI passes warm-up to sd-scripts (resolve_lr_warmup_steps): the
     lr_warmup_steps override as an int, else lr_warmup percent / 100 as a fraction; sd-scripts stores it as given."""
@@ -182,6 +170,8 @@ def bucket_metadata(values: dict, run: RunInfo) -> dict[str, str]:
 
 
 def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
+    if not run.optimizer:
+        raise ValueError("RunInfo.optimizer is empty: pass build_optimizer's description of the optimizer that runs")
     width, height = (int(v) for v in values["max_resolution"].split(","))
     v_pred = values["v_parameterization"]
     saved_at = time.time()  # per save, as sd-scripts' save_model (ss_training_finished_at, modelspec.date)
@@ -207,7 +197,7 @@ def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
         "ss_base_model_version": "sd_v1_v" if v_pred else "sd_v1",
         "ss_seed": _s(run.seed),
         "ss_sd_scripts_commit_hash": IMPLEMENTATION,
-        "ss_optimizer": run.optimizer or kohya_optimizer_name(values),
+        "ss_optimizer": run.optimizer,
         "ss_batch_size_per_device": _s(values["train_batch_size"]),
         "ss_total_batch_size": _s(run.total_batch_size),
         "ss_resolution": _s((width, height)),
