@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from charlora.errors import CharLoRAError
@@ -87,6 +88,48 @@ def test_fixed_seed_reproduces_a_cell(run, tiny_model, renderer, tmp_path):
     first = np.asarray(renderer.render(cell, 64, 64))
     renderer.render(Cell("portrait of a girl", "", 7.0, 11, 2, "euler_a", [], ("", "", "")), 64, 64)
     assert np.array_equal(first, np.asarray(renderer.render(cell, 64, 64)))
+
+
+def test_loras_are_merged_into_the_weights_and_the_base_comes_back_bit_for_bit(run, tiny_model, tmp_path):
+    """A1111's way: a LoRA cell runs on merged weights (no side path per step); the base model returns exactly."""
+    renderer = Renderer(str(tiny_model.folder), device="cpu")
+    unet = renderer.pipe.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    base_cell = Cell("portrait of a girl", "", 7.0, 11, 2, "euler_a", [], ("", "", ""))
+    base = np.asarray(renderer.render(base_cell, 64, 64))
+    loras = [(run / "model" / "wwaa-g13l-1-000001.safetensors", 1.0, 1.0),
+             (run / "model" / "wwaa-g13l-1.safetensors", 0.5, 0.7)]
+    cell = Cell("portrait of a girl", "", 7.0, 11, 2, "euler_a", loras, ("", "", ""))
+    merged = np.asarray(renderer.render(cell, 64, 64))  # loads both files
+    side_calls = []
+    hooks = [m.register_forward_hook(lambda *a: side_calls.append(1))
+             for name, m in unet.named_modules() if name.endswith(("lora_A.lora0", "lora_A.lora1"))]
+    assert len(hooks) > 10
+    renderer.merged.restore()
+    assert np.array_equal(np.asarray(renderer.render(cell, 64, 64)), merged)  # merged again, the same picture
+    assert side_calls == [] and renderer.merged.merged is not None  # the LoRA's layers never ran: merged
+    # the same cell through peft's side path (nothing merged) draws the same picture
+    renderer.merged.restore()
+    side = np.asarray(generate_side_path(renderer, cell))
+    assert side_calls and np.abs(merged.astype(int) - side.astype(int)).max() <= 2
+    for hook in hooks:
+        hook.remove()
+    assert not np.array_equal(merged, base)
+    # back to no LoRA: every base weight as loaded, the picture bit for bit
+    assert np.array_equal(np.asarray(renderer.render(cell, 64, 64)), merged)
+    assert np.array_equal(np.asarray(renderer.render(base_cell, 64, 64)), base)
+    after = {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if "lora_" not in k}
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def generate_side_path(renderer, cell):
+    from charlora.train.sampling import SamplePrompt, generate_samples
+
+    renderer.pipe.enable_lora()
+    renderer.pipe.set_adapters(["lora0", "lora1"], adapter_weights=[{"unet": u, "text_encoder": t}
+                                                                    for _, t, u in cell.loras])
+    sample = SamplePrompt(cell.prompt, cell.negative, 64, 64, cell.steps, cell.cfg, cell.seed, sampler=cell.sampler)
+    return generate_samples(renderer.pipe, [sample], cell.sampler, renderer.device)[0]
 
 
 def test_checkpoint_axis_with_no_lora_entry(run, tiny_model, renderer, tmp_path):

@@ -314,6 +314,24 @@ def test_same_seed_same_run(tiny_model, data, tmp_path, baseline_losses):
     assert train(config(tiny_model, data, tmp_path, epoch=1)).losses == baseline_losses
 
 
+def test_bf16_on_the_cpu_is_an_opt_in_with_the_base_model_in_bf16(tiny_model, data, tmp_path, baseline_losses):
+    """The CPU's bf16 path stores the frozen weights in bf16 (not a bf16 copy beside fp32 ones) and says so."""
+    from charlora.models.loading import load_base_model
+
+    pipe = load_base_model(str(tiny_model.single_file), dtype=torch.float32, device=torch.device("cpu"))
+    recorder = Recorder()
+    result = train(config(tiny_model, data, tmp_path, epoch=1, mixed_precision="bf16"), [recorder], pipe=pipe)
+    assert result.status == "completed", result.message
+    assert recorder.of(RunStarted)[0].precision == "bf16"
+    assert any("bf16 on the CPU" in getattr(e, "text", "") for e in recorder.events)
+    assert pipe.unet.conv_in.weight.dtype == pipe.text_encoder.dtype == torch.bfloat16
+    assert pipe.vae.dtype == torch.float32  # latents are encoded in fp32
+    assert all(math.isfinite(x) for x in result.losses) and result.losses != baseline_losses
+    assert sum(result.losses) == pytest.approx(sum(baseline_losses), rel=0.05)  # the same run, in bf16
+    with safe_open(str(tmp_path / "tiny-demo.safetensors"), "pt") as fh:
+        assert all(torch.isfinite(fh.get_tensor(k)).all() for k in fh.keys())
+
+
 def test_out_of_memory_gives_advice(tiny_model, data, tmp_path, monkeypatch):
     """CUDA is a hardware edge: the UNet's forward raises what PyTorch raises when VRAM runs out."""
     from diffusers import UNet2DConditionModel

@@ -20,6 +20,7 @@ from ..errors import CharLoRAError
 from ..models.loading import load_base_model
 from ..train.sampling import SAMPLER_CHOICES, SamplePrompt, generate_samples, sampler_name
 from .layout import cell_parameters, draw_grid, grid_text_chunks, make_sheet, save_png
+from .lora_merge import MergedLoRAs
 from .prompts import (AXIS_KINDS, AXIS_TITLES, NO_LORA, RE_EXTRA_NET, EvaluationError, LoraIndex, apply_prompt_sr,
                       axis_label, format_lora_tag, lora_tag_of, negative_lora_note, parse_axis_values, parse_prompt,
                       rename_lora_tag, resolve_lora, strip_comments)
@@ -321,6 +322,7 @@ class Renderer:
         self.pipe.set_progress_bar_config(disable=True)
         self.clip_skip = clip_skip
         self.adapters: dict[tuple, str] = {}
+        self.merged = MergedLoRAs(self.pipe)
 
     def _adapter(self, path: Path) -> str:
         try:
@@ -331,6 +333,7 @@ class Renderer:
         key = (path.resolve(), stat.st_mtime_ns, stat.st_size)  # a retrained file of the same name is new
         if key not in self.adapters:
             _check_finite(path)
+            self.merged.restore()  # peft adds the new adapter to unmerged layers
             name = f"lora{len(self.adapters)}"  # peft adapter names must be plain identifiers
             try:
                 with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
@@ -344,9 +347,15 @@ class Renderer:
     def render(self, cell: Cell, width: int, height: int):
         if cell.loras:
             names = [self._adapter(Path(p)) for p, _, _ in cell.loras]
-            self.pipe.enable_lora()
-            self.pipe.set_adapters(names, adapter_weights=[{"unet": u, "text_encoder": t} for _, t, u in cell.loras])
+            key = tuple((name, t, u) for name, (_, t, u) in zip(names, cell.loras))
+            if self.merged.merged != key:
+                self.merged.restore()
+                self.pipe.enable_lora()
+                self.pipe.set_adapters(names, adapter_weights=[{"unet": u, "text_encoder": t}
+                                                               for _, t, u in cell.loras])
+                self.merged.merge(key, names)  # A1111's way: merged into the weights, a step costs no more
         elif self.adapters:
+            self.merged.restore()
             self.pipe.disable_lora()  # the base model, exactly
         sample = SamplePrompt(cell.prompt, cell.negative, width, height, cell.steps, cell.cfg, cell.seed,
                               sampler=cell.sampler)

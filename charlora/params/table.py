@@ -211,7 +211,7 @@ PARAMS: tuple[Param, ...] = (
           label="Seed", help="Random seed; the same seed gives the same run (empty = a random one, recorded in the file)."),
     # ---------------------------------------------------------------- precision & memory
     Param("mixed_precision", "choice", "fp16", "precision & memory", tier="basic", choices=("no", "fp16", "bf16"),
-          label="Mixed precision", help="Compute precision on the GPU (fp16 for most cards, bf16 for RTX 30xx and newer)."),
+          label="Mixed precision", help="Compute precision on the GPU (fp16 for most cards, bf16 for RTX 30xx and newer). On a CPU fp16 runs as fp32; bf16 is an opt-in there, faster on CPUs with bf16 instructions."),
     Param("full_fp16", "bool", False, "precision & memory",
           help="Keep LoRA weights and gradients in fp16 too (less VRAM, less stable)."),
     Param("full_bf16", "bool", False, "precision & memory",

@@ -39,6 +39,26 @@ _RUN_LOCK = threading.Lock()  # one run per process: two would fight over the GP
 LOSS_SYNC_EVERY = 10  # on a GPU, steps between reading the loss back (CPU: every step, it costs nothing)
 
 
+class _ModelHashes:
+    """sd-scripts' two hashes of the base model file, computed in a thread beside the loading: the full
+    sha256 of a 2-7 GB file took ~3 s that the first step need not wait for (only saved files carry it)."""
+
+    def __init__(self, path: str):
+        self._hashes: tuple[str | None, str | None] = (None, None)
+        self._thread = threading.Thread(target=self._work, args=(path,), name="charlora-model-hash", daemon=True)
+        self._thread.start()
+
+    def _work(self, path: str) -> None:
+        try:
+            self._hashes = source_model_hashes(path)
+        except OSError as exc:  # the load names an unreadable file; the metadata then carries no hash
+            log.warning("could not hash the base model %s (%s): the LoRA files will carry no model hash", path, exc)
+
+    def result(self) -> tuple[str | None, str | None]:
+        self._thread.join()
+        return self._hashes
+
+
 class _PhaseClock:
     """Seconds spent in each phase of a step (only when profiling: it synchronises the device)."""
 
@@ -185,6 +205,7 @@ class Trainer:
         self.rank, self.world, self.main = self.state.process_index, self.state.num_processes, \
             self.state.is_main_process
         self.output_dir = ckpt.check_output_dir(v["output_dir"])
+        self.model_hashes = _ModelHashes(v["pretrained_model_name_or_path"]) if self.main else None
         self.name = v["output_name"] or "last"
         if self.main:
             self._open_log()
@@ -274,9 +295,6 @@ class Trainer:
 
     def _run_info(self) -> RunInfo:
         v = self.values
-        legacy, full = (None, None)
-        if self.main:
-            legacy, full = source_model_hashes(v["pretrained_model_name_or_path"])
         info = dataset_info(self.plan)
         # a resumed run keeps its run's ss_session_id, so its files group with the stopped run's
         restored = {"session_id": self.session_id} if self.session_id is not None else {}
@@ -286,8 +304,7 @@ class Trainer:
                        num_reg_images=raw_reg, optimizer=self.optimizer_label,
                        num_batches_per_epoch=self.plan.batches_per_epoch, num_epochs=self.total_epochs,
                        max_train_steps=self.total_steps,
-                       total_batch_size=self.plan.global_batch_size * v["gradient_accumulation_steps"],
-                       sd_model_hash=legacy, new_sd_model_hash=full, **info)
+                       total_batch_size=self.plan.global_batch_size * v["gradient_accumulation_steps"], **info)
 
     def _tensorboard(self):
         if not self.values["logging_dir"]:
@@ -561,6 +578,7 @@ class Trainer:
     # ------------------------------------------------------------------ files
     def _save(self, path: Path, epoch: int) -> Path:
         self.run_info.epoch, self.run_info.steps = epoch, self.global_step
+        self.run_info.sd_model_hash, self.run_info.new_sd_model_hash = self.model_hashes.result()
         metadata = build_metadata(self.values, self.run_info)
         save_lora(self.network.kohya_tensors(), path, self.values["save_precision"], metadata)
         self.files.append(str(path))
