@@ -12,10 +12,17 @@ and prints CPU milliseconds per step summed over the layers. With `--inference`:
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python tools/lora_path_bench.py --resolution 256 --rank 128
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python tools/lora_path_bench.py --resolution 512 --rank 128 --inference
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python tools/lora_path_bench.py --resolution 512 --whole-unet
+
+`--whole-unet` times a whole denoising step of SD 1.5's UNet (random weights from the carried config, batch
+2 as with CFG) without LoRA, with a rank-r LoRA as peft's side path, and with it merged, in alternating rounds.
 """
 
 import argparse
+import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -76,13 +83,54 @@ def measure(tokens, d_in, d_out, rank, repeats, inference=False):
     return [cpu_ms(fn, repeats) for fn in (base, side, merged)]
 
 
+def whole_unet(resolution: int, rank: int, rounds: int = 3) -> None:
+    from diffusers import UNet2DConditionModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from charlora.lora.network import LoRANetwork, LoRASettings
+    from charlora.models.loading import SD15_CONFIG_DIR
+
+    torch.manual_seed(0)
+    config = json.loads((SD15_CONFIG_DIR / "unet" / "config.json").read_text())
+    unet = UNet2DConditionModel.from_config(config).eval().requires_grad_(False)
+    side = resolution // 8
+    x, t, context = torch.randn(2, 4, side, side), torch.tensor([500, 500]), torch.randn(2, 77, 768)
+    network = LoRANetwork(unet, None, LoRASettings(rank=rank, alpha=1.0))
+    for parameter in network.parameters():
+        parameter.data.normal_(std=0.02)
+    layers = [layer for _, layer in network.layers.values()]
+
+    def use(mode: str) -> None:
+        for layer in layers:
+            if layer.merged:
+                layer.unmerge()
+            layer.enable_adapters(mode != "none")
+            if mode == "merged":
+                layer.merge()
+
+    with torch.no_grad():
+        for number in range(rounds):
+            for mode in ("none", "side", "merged") if number % 2 == 0 else ("merged", "side", "none"):
+                use(mode)
+                unet(x, t, context)  # warm-up
+                start = time.process_time()
+                for _ in range(2):
+                    unet(x, t, context)
+                print(f"round {number + 1} {mode:7} {(time.process_time() - start) / 2:6.2f} CPU s per step "
+                      f"(UNet, batch 2, {resolution} px, rank {rank})", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inference", action="store_true", help="forward only, batch 2 (a grid's CFG step)")
+    parser.add_argument("--whole-unet", action="store_true", help="a whole UNet step: no LoRA / side path / merged")
     args = parser.parse_args()
+    if args.whole_unet:
+        whole_unet(args.resolution, args.rank)
+        return
     torch.manual_seed(0)
     total = [0.0, 0.0, 0.0]
     best = 0.0
