@@ -57,12 +57,13 @@ def _probe_adamw8bit(device: str) -> str:
     """Whether AdamW8bit really runs here (the config's name alone says nothing after a fallback)."""
     import torch
 
+    from .params import defaults
     from .train.optim import build_optimizer
 
     param = torch.nn.Parameter(torch.zeros(8192, device=device))
     try:
         optimizer, description, warnings = build_optimizer(
-            "AdamW8bit", [{"params": [param], "lr": 1e-4}], {"learning_rate": 1e-4, "optimizer_fallback": True}, device)
+            "AdamW8bit", [{"params": [param], "lr": 1e-4}], dict(defaults(), optimizer_fallback=True), device)
     except Exception as exc:  # recorded, not raised: the check goes on
         return f"error: {type(exc).__name__}: {exc}"
     return "; ".join([description, *warnings])

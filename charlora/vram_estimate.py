@@ -400,7 +400,7 @@ def model_sizes(source: str) -> ModelSizes:
 
 
 def optimizer_state_bytes(optimizer_name: str, param_shapes: Iterable[Sequence[int]], param_bytes: int = 4,
-                          zero_init: Sequence[bool] | None = None, optimizer_args: str = "") -> int:
+                          zero_init: Sequence[bool] | None = None, optimizer_args: str | None = None) -> int:
     """Bytes of the optimizer's state for parameters of these shapes, as the real optimizers allocate it.
 
     `param_bytes` is the parameters' element size (the state of AdamW, Lion, SGD and Prodigy follows
@@ -409,7 +409,7 @@ def optimizer_state_bytes(optimizer_name: str, param_shapes: Iterable[Sequence[i
     """
     shapes = [tuple(int(d) for d in s) for s in param_shapes]
     zeros = list(zero_init) if zero_init is not None else [False] * len(shapes)
-    args = _simple_args(optimizer_args)
+    args = _simple_args(optimizer_args or "")
     name = str(optimizer_name).lower()
     total = 0
     uses_8bit = False

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..params import PARAMS_BY_KEY
+from ..params.evaluation import PREPARE
 
 
 def register(subparsers) -> None:
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
     prep.add_argument("dest", help="project folder to create (img/, reg/, model/, log/ inside)")
     prep.add_argument("--trigger", required=True, help="trigger word, e.g. wwaa")
     prep.add_argument("--class-word", required=True, help="class word, e.g. girl")
-    prep.add_argument("--repeats", type=int, default=10, help="repeats per epoch (default 10)")
+    repeats = PREPARE["repeats"]
+    prep.add_argument("--repeats", type=int, default=repeats.default, help=f"{repeats.help} (default {repeats.default})")
     prep.add_argument("--captions", action="store_true",
                       help="write a starter caption '<trigger> <class>' for each image without a caption of its "
                            "own (never overwrites)")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+from ..params import PARAMS_BY_KEY
+from ..params.evaluation import EVALUATION
+
 
 def _size(text: str) -> tuple[int, int]:
     from ..errors import CharLoRAError
@@ -28,26 +31,24 @@ def _axis(text: str | None, name: str) -> tuple[str, str]:
     return kind.strip(), values
 
 
+def _option(parser, key: str, flag: str | None = None, **extra) -> None:
+    """An option whose type, default and help come from the evaluation settings table (params/evaluation.py)."""
+    param = EVALUATION[key]
+    kind = {"int": int, "float": float}.get(param.kind, str)
+    text = param.help.replace("%", "%%")  # argparse formats help with %
+    parser.add_argument(flag or "--" + key.replace("_", "-"), type=kind, default=param.default,
+                        help=f"{text} (default: {param.default!r})", **extra)
+
+
 def _common(parser, lora: str = "folder") -> None:
     parser.add_argument("--base-model", required=True, help="SD 1.5 model: file, diffusers folder or Hub id")
-    parser.add_argument("--negative", default="", help="negative prompt")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=7.0)
-    parser.add_argument("--sampler", default="euler_a", help="Kohya's or A1111's sampler name, any case (euler_a, "
-                        "dpmsolver++, \"Euler a\", \"DPM++ 2M Karras\", ...)")
-    parser.add_argument("--size", default="512", help="512 or WIDTHxHEIGHT")
-    parser.add_argument("--clip-skip", type=int, default=1)
+    for key in ("negative", "steps", "cfg", "sampler"):
+        _option(parser, key)
+    width, height = EVALUATION["width"].default, EVALUATION["height"].default
+    parser.add_argument("--size", default=f"{width}" if width == height else f"{width}x{height}",
+                        help="512 or WIDTHxHEIGHT")
+    _option(parser, "clip_skip")
     parser.add_argument("--out", required=True, help="output folder (or file for seeds)")
-
-
-# The scorer's values, as charlora.evaluate.score.SCORER_HELP says them (here without importing torch).
-SCORER_HELP = ("the model that embeds the images. Empty (default): the base model's safety checker when "
-               "--base-model is a diffusers folder with safety_checker/, else openai/clip-vit-large-patch14 "
-               "(downloaded once into the Hugging Face cache; offline, download it into a folder and give that "
-               "folder). A folder with a saved CLIPModel (+ CLIPProcessor files), or a Hugging Face id. "
-               "'toy': a small CNN trained on CharLoRA's toy world, no download, to score offline (meaningful for "
-               "the toy model's runs; trained once per machine, under a minute). "
-               "'tiny': a random tiny CLIP, no download, for tests (its scores mean nothing)")
 
 
 def register(subparsers) -> None:
@@ -61,7 +62,7 @@ def register(subparsers) -> None:
     grid.add_argument("--x", help="KIND=VALUES for the columns")
     grid.add_argument("--y", help="KIND=VALUES for the rows")
     grid.add_argument("--z", help="KIND=VALUES: one grid per value")
-    grid.add_argument("--seed", type=int, default=1234, help="the one seed of every cell (unless an axis is seed)")
+    _option(grid, "seed")
     grid.set_defaults(handler=run_grid)
 
     seeds = subparsers.add_parser("seeds", help="one checkpoint over several seeds, as a sheet")
@@ -70,8 +71,8 @@ def register(subparsers) -> None:
                                       "in --lora-folder; none = the base model")
     seeds.add_argument("--lora-folder", default=".", help="folder where --lora names are looked up")
     seeds.add_argument("--prompt", required=True)
-    seeds.add_argument("--seeds", default="1-8", help="e.g. 1-8 or 3,5,7")
-    seeds.add_argument("--weight", type=float, default=1.0)
+    _option(seeds, "seeds")
+    _option(seeds, "weight")
     seeds.set_defaults(handler=run_seeds)
 
     score = subparsers.add_parser("score", help="score every checkpoint of a run and recommend one",
@@ -81,10 +82,12 @@ def register(subparsers) -> None:
     score.add_argument("--lora-folder", required=True)
     score.add_argument("--name", required=True, help="the run's output_name")
     score.add_argument("--train-data-dir", required=True, help="the run's train_data_dir")
-    score.add_argument("--caption-extension", default=".txt")
+    caption = PARAMS_BY_KEY["caption_extension"]
+    score.add_argument("--caption-extension", default=caption.default,
+                       help=f"the run's caption extension (default: {caption.default!r})")
     score.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
-    score.add_argument("--seeds", default="1-4")
-    score.add_argument("--scorer", default="", help=SCORER_HELP)
+    _option(score, "score_seeds", "--seeds")
+    _option(score, "scorer")
     score.add_argument("--json", action="store_true", help="print the whole report as JSON")
     score.set_defaults(handler=run_score)
 

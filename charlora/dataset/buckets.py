@@ -47,8 +47,8 @@ class BucketChoice:
 class BucketPlanner:
     """Chooses the bucket of each image from the config's bucket settings."""
 
-    def __init__(self, max_reso: Size, enable_bucket: bool = True, min_size: int = 256, max_size: int = 1024,
-                 steps: int = 64, no_upscale: bool = False):
+    def __init__(self, max_reso: Size, enable_bucket: bool, min_size: int, max_size: int, steps: int,
+                 no_upscale: bool):
         self.max_reso = max_reso
         self.max_area = max_reso[0] * max_reso[1]
         self.enabled = enable_bucket

@@ -48,12 +48,12 @@ class DatasetPlan:
     concepts: list[Concept]
     reg_concepts: list[Concept]
     samples: list[Sample]
+    batch_size: int
+    gradient_accumulation_steps: int
+    num_processes: int
+    epochs: int
+    max_train_steps: int | None
     problems: list[Problem] = field(default_factory=list)
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    num_processes: int = 1
-    epochs: int = 1
-    max_train_steps: int | None = None
 
     @property
     def num_train_samples(self) -> int:
@@ -126,8 +126,10 @@ def balance_reg_repeats(reg_items: list[tuple[ImageItem, Concept]], num_train_sa
     return repeats
 
 
-def build_plan(values: dict, num_processes: int = 1, problems: list[Problem] | None = None) -> DatasetPlan:
-    """Scan `train_data_dir` (and `reg_data_dir`) and plan buckets and steps for the normalised config."""
+def build_plan(values: dict, num_processes: int | None = None, problems: list[Problem] | None = None) -> DatasetPlan:
+    """Scan `train_data_dir` (and `reg_data_dir`) and plan buckets and steps for the normalised config, split over
+    `num_processes` (the processes running; None: the config's num_processes, as `accelerate launch` will run)."""
+    num_processes = values["num_processes"] if num_processes is None else num_processes
     problems = [] if problems is None else problems
     for key in ("train_data_dir", "reg_data_dir"):
         if values[key] and not Path(values[key]).is_dir():

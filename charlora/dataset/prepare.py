@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import CharLoRAError
 from ..fileio import atomic_path, atomic_write_text
 from ..params import PARAMS_BY_KEY
+from ..params.evaluation import PREPARE
 from .folders import resolve_caption_extension
 from .images import is_image_path
 from .report import contains_word
@@ -82,16 +83,18 @@ def own_caption(image: Path, caption_extension: str) -> Path | None:
     return None
 
 
-def prepare_dataset(images: str | Path, dest: str | Path, trigger: str, class_word: str, repeats: int = 10,
-                    write_captions: bool = False, caption_extension: str | None = None,
-                    reg_images: str | Path | None = None, reg_repeats: int = 1) -> Prepared:
+def prepare_dataset(images: str | Path, dest: str | Path, trigger: str, class_word: str,
+                    repeats: int = PREPARE["repeats"].default, write_captions: bool = False,
+                    caption_extension: str | None = None, reg_images: str | Path | None = None,
+                    reg_repeats: int = PREPARE["reg_repeats"].default) -> Prepared:
     """`caption_extension`: the config's (None: the parameter's default; empty: sd-scripts' '.caption')."""
     images, dest = Path(images), Path(dest)
     if not images.is_dir():
         raise CharLoRAError(f"images folder {str(images)!r} does not exist")
     trigger, class_word = check_word("trigger", trigger), check_word("class word", class_word)
-    if not 1 <= repeats <= 10000:
-        raise CharLoRAError(f"repeats {repeats} must be between 1 and 10000")
+    low, high = PREPARE["repeats"].min, PREPARE["repeats"].max
+    if not low <= repeats <= high:
+        raise CharLoRAError(f"repeats {repeats} must be between {low:g} and {high:g}")
     sources = sorted(p for p in images.iterdir() if p.is_file() and is_image_path(p))
     if not sources:
         raise CharLoRAError(f"no PNG/JPEG/WebP/BMP images in {str(images)!r}")

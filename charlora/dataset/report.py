@@ -72,7 +72,7 @@ def contains_word(text: str, word: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
-def check_dataset(values: dict, num_processes: int = 1) -> DatasetReport:
+def check_dataset(values: dict, num_processes: int | None = None) -> DatasetReport:
     """Build the plan for `values` (normalised config) and add the checks no trainer does.
 
     A missing or empty train_data_dir is a DatasetError; a missing reg_data_dir is a problem in the

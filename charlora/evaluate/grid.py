@@ -18,6 +18,7 @@ import torch
 
 from ..errors import CharLoRAError
 from ..models.loading import load_base_model
+from ..params.evaluation import EVALUATION
 from ..train.sampling import SAMPLER_CHOICES, SamplePrompt, generate_samples, sampler_name
 from .layout import cell_parameters, draw_grid, grid_text_chunks, make_sheet, save_png
 from .lora_merge import MergedLoRAs
@@ -30,34 +31,32 @@ AXIS_LETTERS = ("X", "Y", "Z")
 
 @dataclass(kw_only=True)
 class GenerationSettings:
-    """How each image is generated (shared by grids, seed batches and scoring)."""
+    """How each image is generated (shared by grids, seed batches and scoring); defaults: params.evaluation."""
 
-    negative: str = ""
-    steps: int = 20
-    cfg: float = 7.0
-    sampler: str = "euler_a"  # Kohya's or A1111's name (train.sampling.SAMPLER_CHOICES), any case
-    width: int = 512
-    height: int = 512
-    clip_skip: int = 1
+    negative: str = EVALUATION["negative"].default
+    steps: int = EVALUATION["steps"].default
+    cfg: float = EVALUATION["cfg"].default
+    sampler: str = EVALUATION["sampler"].default  # Kohya's or A1111's name (train.sampling.SAMPLER_CHOICES)
+    width: int = EVALUATION["width"].default
+    height: int = EVALUATION["height"].default
+    clip_skip: int = EVALUATION["clip_skip"].default
 
 
 MAX_CELLS = 1000  # hours of rendering even on a GPU: a larger request is a typo, refused before any work
-MAX_SIDE = 2048  # SD 1.5 draws at 512; past 2048 px a single image needs many GB
-MAX_STEPS = 150  # A1111's slider range
-CFG_RANGE = (1.0, 30.0)  # A1111's slider range
 
 
 def check_settings(settings: GenerationSettings) -> None:
     """Refuse generation settings that cannot make a useful image, naming the value, before any work."""
-    if not isinstance(settings.steps, int) or not 1 <= settings.steps <= MAX_STEPS:
-        raise EvaluationError(f"steps {settings.steps!r}: use 1 to {MAX_STEPS} (20-30 is usual)")
-    low, high = CFG_RANGE
-    if not isinstance(settings.cfg, (int, float)) or not math.isfinite(settings.cfg) or not low <= settings.cfg <= high:
-        raise EvaluationError(f"CFG {settings.cfg!r}: use a number from {low:g} to {high:g} (7 is usual)")
+    steps, cfg = EVALUATION["steps"], EVALUATION["cfg"]
+    if not isinstance(settings.steps, int) or not steps.min <= settings.steps <= steps.max:
+        raise EvaluationError(f"steps {settings.steps!r}: use {steps.min:g} to {steps.max:g} (20-30 is usual)")
+    if not isinstance(settings.cfg, (int, float)) or not math.isfinite(settings.cfg) \
+            or not cfg.min <= settings.cfg <= cfg.max:
+        raise EvaluationError(f"CFG {settings.cfg!r}: use a number from {cfg.min:g} to {cfg.max:g} (7 is usual)")
     for name in ("width", "height"):
-        value = getattr(settings, name)
-        if not isinstance(value, int) or not 64 <= value <= MAX_SIDE:
-            raise EvaluationError(f"{name} {value!r}: use 64 to {MAX_SIDE} pixels (SD 1.5 is made for 512)")
+        value, side = getattr(settings, name), EVALUATION[name]
+        if not isinstance(value, int) or not side.min <= value <= side.max:
+            raise EvaluationError(f"{name} {value!r}: use {side.min:g} to {side.max:g} pixels (SD 1.5 is made for 512)")
 
 
 def _output_folder(path) -> Path:
@@ -73,13 +72,13 @@ class GridSpec(GenerationSettings):
     lora_folder: str
     prompt: str
     output_dir: str
-    x_kind: str = "checkpoint"
+    x_kind: str = EVALUATION["x_kind"].default
     x_values: str = ""
-    y_kind: str = "cfg"
-    y_values: str = "7,8,9,10"
-    z_kind: str = "nothing"
+    y_kind: str = EVALUATION["y_kind"].default
+    y_values: str = EVALUATION["y_values"].default
+    z_kind: str = EVALUATION["z_kind"].default
     z_values: str = ""
-    seed: int = 1234
+    seed: int = EVALUATION["seed"].default
     name: str = "grid"
 
 
@@ -107,7 +106,7 @@ class GridResult:
     done: int = 0  # images rendered
     total: int = 0  # images planned
     message: str = ""  # "6 images" or "stopped after 2 of 6 images"
-    output_dir: str = ""  # full path of the folder written to
+    output_dir: str | None = None  # full path of the folder written to
 
     @property
     def files(self) -> list:
@@ -315,7 +314,7 @@ def files_used(grids: list[list[list[Cell]]]) -> list[str]:
 class Renderer:
     """A base model with LoRA files loaded on demand, once each; renders one cell at a time."""
 
-    def __init__(self, base_model: str, device: str | None = None, clip_skip: int = 1):
+    def __init__(self, base_model: str, device: str | None = None, clip_skip: int = EVALUATION["clip_skip"].default):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.pipe = load_base_model(base_model, dtype=dtype, device=self.device)
@@ -461,7 +460,7 @@ class SeedBatchSpec(GenerationSettings):
     output: str  # the sheet's PNG file
     lora: str = ""  # a path, a file name, or a name as the grid lists it (NAME-000002, NAME-2, NAME); "": none
     lora_folder: str = "."  # where a name is looked up (and a relative path, first)
-    weight: float = 1.0
+    weight: float = EVALUATION["weight"].default
     columns: int = 4
 
 
@@ -532,7 +531,7 @@ def cells_count(spec: GridSpec) -> int:
 _SHARED: dict = {}
 
 
-def shared_renderer(base_model: str, clip_skip: int = 1) -> Renderer:
+def shared_renderer(base_model: str, clip_skip: int = EVALUATION["clip_skip"].default) -> Renderer:
     """One renderer per process for the GUI: the base model stays loaded between grids, seed batches and
     scores, and is replaced (its memory freed) when another base model is asked for."""
     key = (base_model, clip_skip)

@@ -10,13 +10,15 @@ images, and the recommended checkpoint comes with its reasons (docs/evaluation.m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..dataset.folders import scan_parent
 from ..dataset.images import load_rgb
 from ..errors import CharLoRAError
 from ..fileio import atomic_write_text
+from ..params import PARAMS_BY_KEY
+from ..params.evaluation import EVALUATION
 from ..train.sampling import sampler_name
 from .grid import Cell, GenerationSettings, Renderer, check_settings
 from .keep import run_files
@@ -31,12 +33,10 @@ class ScoreSpec(GenerationSettings):
     output_name: str
     train_data_dir: str
     output_dir: str
-    prompts: list = field(default_factory=lambda: ["portrait of a girl"])
-    seeds: list = field(default_factory=lambda: [1, 2, 3, 4])
-    scorer: str = ""  # "" (default), a CLIP folder, an SD folder with safety_checker, a Hub id, "toy" or "tiny"
-    # (score.SCORER_HELP says each in words; "toy" is a small CNN trained on the toy world, to score offline;
-    # "tiny" is a random CLIP for tests, its scores mean nothing)
-    caption_extension: str = ".txt"
+    prompts: list
+    seeds: list
+    scorer: str = EVALUATION["scorer"].default  # its help (params/evaluation.py) says each value in words
+    caption_extension: str = PARAMS_BY_KEY["caption_extension"].default  # the training run's
 
 
 def training_images(train_data_dir: str, caption_extension: str) -> list:

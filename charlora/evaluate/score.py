@@ -42,18 +42,15 @@ import numpy as np
 import torch
 
 from ..errors import CharLoRAError, ModelLoadError
+from ..params.evaluation import DEFAULT_SCORER_ID, EVALUATION
 
-DEFAULT_SCORER = "openai/clip-vit-large-patch14"  # the CLIP SD 1.5's text encoder comes from
+DEFAULT_SCORER = DEFAULT_SCORER_ID  # the CLIP SD 1.5's text encoder comes from
 TINY_SCORER = "tiny"  # a random tiny CLIP: exercises the scoring code, no download; its numbers mean nothing
 TOY_SCORER = "toy"  # a small CNN trained on the toy world (charlora.toy.embedder): meaningful for toy-model runs
 TINY_NOTE = (f"to try scoring offline, use the scorer '{TOY_SCORER}' (--scorer {TOY_SCORER}): a small CNN trained on "
              "CharLoRA's toy world, no download, its scores mean something for pictures of that world (the toy "
              f"model's runs); '{TINY_SCORER}' is a random tiny CLIP for tests, its scores mean nothing")
-SCORER_HELP = (f"empty: the base model's safety checker when it is a diffusers folder with safety_checker/, else "
-               f"{DEFAULT_SCORER} (downloaded once into the Hugging Face cache); a folder with a saved CLIPModel "
-               f"(+ CLIPProcessor files); a Hugging Face id; '{TOY_SCORER}' to score offline (a small CNN trained on "
-               f"the toy world: meaningful for the toy model's runs); or '{TINY_SCORER}' for tests (a random tiny "
-               "CLIP: its scores mean nothing)")
+SCORER_HELP = EVALUATION["scorer"].help
 COPY_THRESHOLD = 0.95
 PROMPT_MARGIN = 0.03
 IDENTITY_MARGIN = 0.02

@@ -128,7 +128,7 @@ def cap_text(text: str, limit: int = MAX_METADATA_TEXT) -> str:
 def public_config(values: dict) -> dict:
     """The config as Kohya JSON for the file: no secrets, folder paths reduced to their last name."""
     out = to_kohya(values)
-    out["training_comment"] = cap_text(out.get("training_comment") or "")
+    out["training_comment"] = cap_text(out["training_comment"])
     for key, value in out.items():
         if PARAMS_BY_KEY[key].kind == "path" and value:
             out[key] = Path(str(value).replace("\\", "/")).name

@@ -28,8 +28,9 @@ class LoRASettings:
     dropout: float = 0.0
     train_unet: bool = True
     train_text_encoder: bool = True
-    unet_lr: float = 1e-4
-    text_encoder_lr: float = 5e-5
+    # the learning rates from the config (from_config); None for a network only built to read or write files
+    unet_lr: float | None = None
+    text_encoder_lr: float | None = None
 
     @property
     def scale(self) -> float:

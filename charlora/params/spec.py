@@ -62,6 +62,7 @@ class Param:
     max: float | None = None
     choices: tuple = ()
     optional: bool = False  # may be "not set" (None; Kohya writes "")
+    unset: Any = None  # for an optional parameter: the value that applies when it is not set (sd-scripts')
     kohya_shape: str = "native"
     effect: str = "supported"
     reason: str = ""

@@ -201,10 +201,10 @@ PARAMS: tuple[Param, ...] = (
           label="LR warmup (% of steps)", help="Warm-up length in PERCENT of the total steps."),
     Param("lr_warmup_steps", "int", 0, "schedule", tier="basic", min=0, max=10_000_000,
           label="LR warmup steps", help="Warm-up length in steps; overrides lr_warmup when above 0."),
-    Param("lr_scheduler_num_cycles", "int", None, "schedule", tier="basic", min=1, max=1000, optional=True,
+    Param("lr_scheduler_num_cycles", "int", None, "schedule", tier="basic", min=1, max=1000, optional=True, unset=1,
           kohya_shape="str", help="Restarts for cosine_with_restarts (empty = 1)."),
     Param("lr_scheduler_power", "float", None, "schedule", tier="basic", min=0.0, max=100.0, optional=True,
-          kohya_shape="str", help="Power of the polynomial scheduler (empty = 1)."),
+          unset=1.0, kohya_shape="str", help="Power of the polynomial scheduler (empty = 1)."),
     Param("lr_scheduler_args", "str", "", "schedule", tier="basic",
           help="Extra scheduler arguments as 'key=value key=value'."),
     Param("seed", "int", None, "schedule", tier="basic", min=0, max=2**32 - 1, optional=True, kohya_shape="str",
@@ -309,6 +309,12 @@ PARAMS_BY_KEY: dict[str, Param] = {p.key: p for p in PARAMS}
 def defaults() -> dict:
     """Every parameter at its documented default."""
     return {p.key: p.default for p in PARAMS}
+
+
+def effective(values: dict, key: str):
+    """A normalised value, or for an optional parameter that is not set the value that applies (`unset`)."""
+    value = values[key]
+    return PARAMS_BY_KEY[key].unset if value is None else value
 
 
 def params_in_group(group: str) -> list[Param]:

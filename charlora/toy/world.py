@@ -157,10 +157,16 @@ def character_pictures(character: Character = CHARACTER, count: int = 12, seed: 
 
 
 def write_character_dataset(folder, character: Character = CHARACTER, count: int = 12, seed: int = 0,
-                            repeats: int = 10, caption_extension: str = ".txt"):
-    """Kohya's layout: FOLDER/<repeats>_<trigger> <class>/NNN.png + captions. Returns the image folder's parent."""
+                            repeats: int | None = None, caption_extension: str | None = None):
+    """Kohya's layout: FOLDER/<repeats>_<trigger> <class>/NNN.png + captions. Returns the image folder's parent.
+    `repeats` and `caption_extension`: the dataset preparer's and the training table's defaults when None."""
     from pathlib import Path
 
+    from ..params import PARAMS_BY_KEY
+    from ..params.evaluation import PREPARE
+
+    repeats = PREPARE["repeats"].default if repeats is None else repeats
+    caption_extension = PARAMS_BY_KEY["caption_extension"].default if caption_extension is None else caption_extension
     root = Path(folder)
     concept = root / f"{repeats}_{character.trigger} {character.class_word}"
     concept.mkdir(parents=True, exist_ok=True)

@@ -59,21 +59,21 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generat
 def make_noise(latents: torch.Tensor, values: dict, generator=None) -> torch.Tensor:
     """The noise added to `latents` in a training step: Gaussian, plus offset or multires noise."""
     noise = _randn(latents.shape, latents, generator)
-    noise_type = values.get("noise_offset_type", "Original")
+    noise_type = values["noise_offset_type"]
     if noise_type == "Original":
-        noise_offset = values.get("noise_offset") or 0.0
+        noise_offset = values["noise_offset"]
         if noise_offset > 0:
             offset = noise_offset
-            adaptive = values.get("adaptive_noise_scale") or 0.0
+            adaptive = values["adaptive_noise_scale"]
             if adaptive != 0:
                 # Brighter/darker latents (larger |channel mean|) get a larger offset; never below 0.
                 latent_mean = latents.mean(dim=(2, 3), keepdim=True).abs()
                 offset = torch.clamp(offset + adaptive * latent_mean, min=0.0)
             noise = noise + offset * _randn((latents.shape[0], latents.shape[1], 1, 1), latents, generator)
     elif noise_type == "Multires":
-        iterations = values.get("multires_noise_iterations") or 0
+        iterations = values["multires_noise_iterations"]
         if iterations > 0:
-            discount = values.get("multires_noise_discount") or 0.0
+            discount = values["multires_noise_discount"]
             noise = pyramid_noise(noise, iterations, discount, generator)
     else:
         raise CharLoRAError(f"noise_offset_type {noise_type!r} is not known; use 'Original' or 'Multires'")
@@ -110,8 +110,8 @@ def per_sample_loss(pred, target, loss_weights, timesteps, values, alphas_cumpro
     loss = loss.mean(dim=list(range(1, loss.ndim)))
     if loss_weights is not None:
         loss = loss * torch.as_tensor(loss_weights, dtype=loss.dtype, device=loss.device)
-    gamma = values.get("min_snr_gamma") or 0.0
+    gamma = values["min_snr_gamma"]
     if gamma > 0:
-        weights = min_snr_weights(timesteps, gamma, alphas_cumprod, bool(values.get("v_parameterization")))
+        weights = min_snr_weights(timesteps, gamma, alphas_cumprod, values["v_parameterization"])
         loss = loss * weights.to(loss.device)
     return loss

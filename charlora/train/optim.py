@@ -115,8 +115,8 @@ def build_optimizer(name, param_groups, values, device):
     if canonical is None:
         raise CharLoRAError(f"optimizer {name!r} is not supported; choose one of: {', '.join(OPTIMIZERS)}")
     name = canonical
-    kwargs = parse_kwargs(values.get("optimizer_args", ""), "optimizer_args")
-    lr = values.get("learning_rate")
+    kwargs = parse_kwargs(values["optimizer_args"], "optimizer_args")
+    lr = values["learning_rate"]
     groups = [dict(group) for group in param_groups]  # never change the caller's dicts
     warnings: list[str] = []
     on_cuda = torch.device(device).type == "cuda"
@@ -129,7 +129,7 @@ def build_optimizer(name, param_groups, values, device):
             fallback = _FALLBACK[name]
             text = str(err).strip()
             reason = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-            if not values.get("optimizer_fallback"):
+            if not values["optimizer_fallback"]:
                 raise CharLoRAError(
                     f"optimizer {name} needs bitsandbytes, which cannot run it on {device} ({reason}). "
                     f"Choose optimizer {fallback}, or set optimizer_fallback to true to use {fallback} "

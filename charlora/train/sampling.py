@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import CharLoRAError
-from .text import encode, tokenize
+from .text import CHUNK, encode, tokenize
 
+# A sample prompt line's options when it does not give them: sd-scripts' (not the Evaluation tab's settings)
 KOHYA_DEFAULTS = {"width": 512, "height": 512, "steps": 30, "cfg_scale": 7.5, "seed": None, "negative_prompt": None}
 
 # Kohya's sampler name -> (diffusers scheduler class, extra config), as get_my_scheduler maps them.
@@ -154,12 +155,12 @@ PNDM_MIN_STEPS = 4  # PNDM's Runge-Kutta warm-up needs at least 4 inference step
 @dataclass
 class SamplePrompt:
     prompt: str
-    negative_prompt: str | None = None
-    width: int = 512
-    height: int = 512
-    steps: int = 30
-    cfg_scale: float = 7.5
-    seed: int | None = None
+    negative_prompt: str | None = KOHYA_DEFAULTS["negative_prompt"]
+    width: int = KOHYA_DEFAULTS["width"]
+    height: int = KOHYA_DEFAULTS["height"]
+    steps: int = KOHYA_DEFAULTS["steps"]
+    cfg_scale: float = KOHYA_DEFAULTS["cfg_scale"]
+    seed: int | None = KOHYA_DEFAULTS["seed"]
     sampler: str | None = None  # --ss: this prompt's sampler instead of sample_sampler
     warnings: list[str] = field(default_factory=list)  # options that were not understood
 
@@ -271,7 +272,7 @@ def _embeddings(pipe, prompts, device, clip_skip, max_token_length):
     return encode(pipe.text_encoder, ids, clip_skip, max_token_length)
 
 
-def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_length=75):
+def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_length=CHUNK):
     """One image per prompt with `pipe` (a StableDiffusionPipeline already holding the LoRA).
 
     Each prompt's seed seeds its own CPU generator (a prompt without --d gets a random seed); the

@@ -9,9 +9,9 @@ warm-up steps and T total steps, the factor applied to each group's lr at step s
 - constant_with_warmup: 1 after the warm-up
 - linear: (T - s) / (T - W), down to 0
 - cosine: 0.5 * (1 + cos(pi * p)), p = (s - W) / (T - W)  (half a cosine, diffusers' num_cycles 0.5)
-- cosine_with_restarts: 0.5 * (1 + cos(pi * ((n * p) % 1))), n = lr_scheduler_num_cycles (default 1)
+- cosine_with_restarts: 0.5 * (1 + cos(pi * ((n * p) % 1))), n = lr_scheduler_num_cycles (1 when empty)
 - polynomial: ((lr0 - 1e-7) * (1 - p) ** power + 1e-7) / lr0, lr0 = the optimizer's default lr
-  (learning_rate), power = lr_scheduler_power (default 1)
+  (learning_rate), power = lr_scheduler_power (1 when empty)
 - adafactor: transformers' AdafactorSchedule, which only reports the step size Adafactor picks
   itself; it needs Adafactor with relative_step=True. sd-scripts switches to it whatever
   lr_scheduler says when Adafactor runs with relative_step=True, and so does `build_scheduler`.
@@ -23,6 +23,7 @@ sd-scripts (e.g. "num_cycles=1.0" makes cosine a full cosine).
 from __future__ import annotations
 
 from ..errors import CharLoRAError
+from ..params import effective
 from .optim import parse_kwargs
 
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor")
@@ -30,11 +31,9 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
 
 def warmup_steps(values: dict, total_steps: int) -> int:
     """Warm-up length in steps: lr_warmup_steps when above 0, else Kohya GUI's lr_warmup percent of the steps."""
-    steps = values.get("lr_warmup_steps") or 0
-    if steps > 0:
-        return int(steps)
-    percent = values.get("lr_warmup") or 0
-    return round(float(percent) * total_steps / 100)
+    if values["lr_warmup_steps"] > 0:
+        return int(values["lr_warmup_steps"])
+    return round(float(values["lr_warmup"]) * total_steps / 100)
 
 
 def _adafactor_relative_step(optimizer) -> bool:
@@ -44,7 +43,7 @@ def _adafactor_relative_step(optimizer) -> bool:
 def scheduler_notes(values: dict, total_steps: int) -> list[str]:
     """Lines for the user where the schedule does not do what the settings might suggest."""
     notes = []
-    name = values.get("lr_scheduler")
+    name = values["lr_scheduler"]
     warmup = warmup_steps(values, total_steps)
     if warmup > 0 and name in ("constant", "adafactor"):
         notes.append(
@@ -61,10 +60,10 @@ def build_scheduler(optimizer, values: dict, total_steps: int):
     """The LambdaLR for values["lr_scheduler"] over `total_steps` optimizer steps."""
     from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
 
-    name = values.get("lr_scheduler") or "constant"
+    name = values["lr_scheduler"]
     if name not in SCHEDULERS:
         raise CharLoRAError(f"lr_scheduler {name!r} is not supported; choose one of: {', '.join(SCHEDULERS)}")
-    kwargs = parse_kwargs(values.get("lr_scheduler_args", ""), "lr_scheduler_args")
+    kwargs = parse_kwargs(values["lr_scheduler_args"], "lr_scheduler_args")
 
     if name == "adafactor" or _adafactor_relative_step(optimizer):
         if type(optimizer).__name__ != "Adafactor":
@@ -80,7 +79,7 @@ def build_scheduler(optimizer, values: dict, total_steps: int):
             )
         from transformers.optimization import AdafactorSchedule
 
-        return AdafactorSchedule(optimizer, initial_lr=float(values.get("learning_rate") or 0.0))
+        return AdafactorSchedule(optimizer, initial_lr=float(values["learning_rate"]))
 
     schedule_func = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]
     warmup = warmup_steps(values, total_steps)
@@ -91,11 +90,9 @@ def build_scheduler(optimizer, values: dict, total_steps: int):
     else:
         args = {"num_warmup_steps": warmup, "num_training_steps": total_steps}
         if name == "cosine_with_restarts":
-            cycles = values.get("lr_scheduler_num_cycles")
-            args["num_cycles"] = 1 if cycles is None else cycles
+            args["num_cycles"] = effective(values, "lr_scheduler_num_cycles")
         elif name == "polynomial":
-            power = values.get("lr_scheduler_power")
-            args["power"] = 1.0 if power is None else power
+            args["power"] = effective(values, "lr_scheduler_power")
     args.update(kwargs)  # lr_scheduler_args win, e.g. lr_end for polynomial
     try:
         return schedule_func(optimizer, **args)

@@ -136,7 +136,7 @@ def cache_latents(pipe, plan: DatasetPlan, values: dict, seed: int, state, emit:
     if not (values["cache_latents"] or values["cache_latents_to_disk"]):
         return None
     cache = LatentCache(pipe.vae, flip_aug=values["flip_aug"], to_disk=values["cache_latents_to_disk"],
-                        batch_size=values["vae_batch_size"] or 1, seed=seed)
+                        batch_size=max(1, values["vae_batch_size"]), seed=seed)  # 0: one at a time
     with state.main_process_first():  # the main process writes the disk cache, the others read it
         cache.fill(plan)
     emit.info(f"latents cached: {cache.encoded} encoded, {cache.read_from_disk} read from disk")

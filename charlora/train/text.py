@@ -17,18 +17,20 @@ import torch
 
 from ..errors import CharLoRAError
 
+CHUNK = 75  # tokens CLIP reads at once (77 positions minus BOS and EOS): a model fact, not a setting
+
 
 def _check_max_token_length(max_token_length) -> int:
     if max_token_length is None:
-        return 75
-    if not isinstance(max_token_length, int) or max_token_length < 75 or max_token_length % 75 != 0:
+        return CHUNK
+    if not isinstance(max_token_length, int) or max_token_length < CHUNK or max_token_length % CHUNK != 0:
         raise CharLoRAError(
             f"max_token_length {max_token_length!r} is not supported; use 75, 150 or 225 (75-token chunks)"
         )
     return max_token_length
 
 
-def tokenize(tokenizer, captions, max_token_length=75) -> torch.LongTensor:
+def tokenize(tokenizer, captions, max_token_length=CHUNK) -> torch.LongTensor:
     """Token ids of `captions` (a string or a list), shaped (batch, chunks, 77)."""
     max_token_length = _check_max_token_length(max_token_length)
     if isinstance(captions, str):
@@ -64,7 +66,7 @@ def final_layer_norm(text_encoder):
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
 
 
-def encode(text_encoder, input_ids, clip_skip=None, max_token_length=75) -> torch.Tensor:
+def encode(text_encoder, input_ids, clip_skip=None, max_token_length=CHUNK) -> torch.Tensor:
     """Conditioning of shape (batch, max_token_length + 2, hidden) from ids shaped (batch, chunks, 77)."""
     max_token_length = _check_max_token_length(max_token_length)
     batch_size = input_ids.shape[0]

@@ -206,7 +206,7 @@ class Trainer:
             self.state.is_main_process
         self.output_dir = ckpt.check_output_dir(v["output_dir"])
         self.model_hashes = _ModelHashes(v["pretrained_model_name_or_path"]) if self.main else None
-        self.name = v["output_name"] or "last"
+        self.name = v["output_name"]  # never empty: the table refuses an empty file name
         if self.main:
             self._open_log()
             removed, restored = ckpt.clean_leftovers(self.output_dir, self.name)

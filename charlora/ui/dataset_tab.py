@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .. import recent
 from ..dataset import DatasetError, check_dataset, prepare_dataset
 from ..errors import CharLoRAError, ConfigError
+from ..params.evaluation import PREPARE
 from .parameters_tab import ParametersTab, current_config
 
 
@@ -45,7 +46,9 @@ def build() -> DatasetTab:
             trigger = gr.Textbox(label="Trigger word", info="a rare word your prompts will use, e.g. wwaa",
                                  elem_id="prep-trigger")
             class_word = gr.Textbox(label="Class word", info="what the character is, e.g. girl", elem_id="prep-class")
-            repeats = gr.Number(label="Repeats", value=10, precision=0, minimum=1, maximum=10000)
+            spec = PREPARE["repeats"]
+            repeats = gr.Number(label=spec.label, value=spec.default, precision=0, minimum=spec.min,
+                                maximum=spec.max)
             captions = gr.Checkbox(label="Write a starter caption for pictures without one", value=True)
         prepare = gr.Button("Prepare", elem_id="prep-run")
         prepare_message = gr.Markdown("", elem_id="prep-message")

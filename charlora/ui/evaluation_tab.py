@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CharLoRAError, ConfigError
-from ..evaluate import (GenerationSettings, GridSpec, ScoreSpec, SeedBatchSpec, build_grid, current_evaluation,
+from ..evaluate import (GridSpec, ScoreSpec, SeedBatchSpec, build_grid, current_evaluation,
                         keep_checkpoint, resolve_lora, run_files, score_run, seed_batch)
 from ..evaluate.grid import shared_renderer
 from ..evaluate.prompts import AXIS_KINDS, AXIS_TITLES, parse_axis_values
+from ..params.evaluation import EVALUATION as E
 from ..train.sampling import SAMPLER_CHOICES
 from ..train import current_job
 from .charts import line_chart
@@ -57,44 +58,42 @@ def build() -> EvaluationTab:
     with gr.Accordion("Grid", open=True):
         f["prompt"] = gr.Textbox(label="Prompt (A1111 syntax, <lora:NAME:W>)", value=DEFAULT_PROMPT, lines=2,
                                  elem_id="eval-prompt")
-        f["negative"] = gr.Textbox(label="Negative prompt", elem_id="eval-negative")
+        f["negative"] = gr.Textbox(label=E["negative"].label, value=E["negative"].default, elem_id="eval-negative")
         with gr.Row():
-            f["x_kind"] = gr.Dropdown(AXIS_CHOICES, value="checkpoint", label="X axis", elem_id="eval-x-kind")
+            f["x_kind"] = gr.Dropdown(AXIS_CHOICES, value=E["x_kind"].default, label=E["x_kind"].label, elem_id="eval-x-kind")
             f["x_values"] = gr.Textbox(label="X values", elem_id="eval-x-values", scale=3)
             list_checkpoints = gr.Button("List the run's checkpoints", size="sm")
         with gr.Row():
-            f["y_kind"] = gr.Dropdown(AXIS_CHOICES, value="cfg", label="Y axis", elem_id="eval-y-kind")
-            f["y_values"] = gr.Textbox(label="Y values", value="7,8,9,10", elem_id="eval-y-values", scale=3)
+            f["y_kind"] = gr.Dropdown(AXIS_CHOICES, value=E["y_kind"].default, label=E["y_kind"].label, elem_id="eval-y-kind")
+            f["y_values"] = gr.Textbox(label=E["y_values"].label, value=E["y_values"].default, elem_id="eval-y-values",
+                                       scale=3)
         with gr.Row():
-            f["z_kind"] = gr.Dropdown(AXIS_CHOICES, value="nothing", label="Z axis (one grid per value)")
+            f["z_kind"] = gr.Dropdown(AXIS_CHOICES, value=E["z_kind"].default, label=E["z_kind"].label)
             f["z_values"] = gr.Textbox(label="Z values", scale=3)
         with gr.Row():
-            f["seed"] = gr.Number(label="Seed", value=1234, precision=0, elem_id="eval-seed")
-            f["steps"] = gr.Number(label="Steps", value=20, precision=0, elem_id="eval-steps")
-            f["cfg"] = gr.Number(label="CFG", value=7.0, elem_id="eval-cfg")
-            f["sampler"] = gr.Dropdown(list(SAMPLER_CHOICES), value=GenerationSettings.sampler, label="Sampler",
+            for key in ("seed", "steps", "cfg"):
+                f[key] = gr.Number(label=E[key].label, value=E[key].default, elem_id=f"eval-{key}",
+                                   precision=0 if E[key].kind == "int" else None)
+            f["sampler"] = gr.Dropdown(list(SAMPLER_CHOICES), value=E["sampler"].default, label=E["sampler"].label,
                                        info="Kohya's or A1111's names")
-            f["width"] = gr.Number(label="Width", value=512, precision=0, elem_id="eval-width")
-            f["height"] = gr.Number(label="Height", value=512, precision=0, elem_id="eval-height")
+            for key in ("width", "height"):
+                f[key] = gr.Number(label=E[key].label, value=E[key].default, precision=0, elem_id=f"eval-{key}")
         grid = gr.Button("Generate grid", variant="primary", elem_id="eval-grid")
     with gr.Accordion("Seed batch", open=False):
         with gr.Row():
             f["seed_lora"] = gr.Textbox(label="Checkpoint (a name as the grid lists it, e.g. NAME-000002, or a "
                                               "file; empty = the run's final file)", scale=3, elem_id="eval-seed-lora")
-            f["seed_list"] = gr.Textbox(label="Seeds", value="1-8", elem_id="eval-seed-list")
+            f["seed_list"] = gr.Textbox(label=E["seeds"].label, value=E["seeds"].default, elem_id="eval-seed-list")
         seeds = gr.Button("Generate seed batch", elem_id="eval-seeds")
     with gr.Accordion("Consistency score", open=True):
         with gr.Row():
-            f["score_prompts"] = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="eval-score-prompts",
-                                            value="portrait of a girl\na girl reading a book in a park")
-            f["score_seeds"] = gr.Textbox(label="Seeds", value="1-4", elem_id="eval-score-seeds")
+            f["score_prompts"] = gr.Textbox(label=E["score_prompts"].label, lines=3, elem_id="eval-score-prompts",
+                                            value=E["score_prompts"].default)
+            f["score_seeds"] = gr.Textbox(label=E["score_seeds"].label, value=E["score_seeds"].default,
+                                          elem_id="eval-score-seeds")
             f["train_data_dir"] = gr.Textbox(label="Training images (train_data_dir)", elem_id="eval-train-dir")
-            f["scorer"] = gr.Textbox(label="Scorer", elem_id="eval-scorer",
-                                     info="empty: the base model's safety-checker CLIP, else openai/clip-vit-large-"
-                                          "patch14 (downloaded once); a CLIP folder or Hub id; 'toy' to score "
-                                          "offline (a small CNN trained on the toy world: meaningful for the toy "
-                                          "model's runs); or 'tiny' for tests (a random tiny CLIP: its scores mean "
-                                          "nothing)")
+            f["scorer"] = gr.Textbox(label=E["scorer"].label, value=E["scorer"].default, elem_id="eval-scorer",
+                                     info=E["scorer"].help)
         score = gr.Button("Score checkpoints", variant="primary", elem_id="eval-score")
     with gr.Row():
         stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
@@ -215,8 +214,7 @@ def wire(tab: EvaluationTab, params: ParametersTab, demo, timer) -> None:
 
     def settings(data) -> dict:
         """The generation settings shared by grids, seed batches and scores (empty field: the default)."""
-        default = GenerationSettings()
-        number = {key: (data[f[key]] if data[f[key]] not in (None, "") else getattr(default, key))
+        number = {key: (data[f[key]] if data[f[key]] not in (None, "") else E[key].default)
                   for key in ("steps", "cfg", "width", "height")}
         return dict(negative=data[f["negative"]], steps=int(number["steps"]), cfg=float(number["cfg"]),
                     sampler=data[f["sampler"]], width=int(number["width"]), height=int(number["height"]))
@@ -229,7 +227,7 @@ def wire(tab: EvaluationTab, params: ParametersTab, demo, timer) -> None:
                         prompt=data[f["prompt"]], output_dir=str(folder(data) / "grids"),
                         x_kind=data[f["x_kind"]], x_values=data[f["x_values"]], y_kind=data[f["y_kind"]],
                         y_values=data[f["y_values"]], z_kind=data[f["z_kind"]], z_values=data[f["z_values"]],
-                        seed=_int(data[f["seed"]], GridSpec.__dataclass_fields__["seed"].default), **settings(data))
+                        seed=_int(data[f["seed"]], E["seed"].default), **settings(data))
 
         def work(progress, stop):
             result = build_grid(spec, shared_renderer(spec.base_model, spec.clip_skip), progress, stop)

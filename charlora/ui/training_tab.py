@@ -146,7 +146,7 @@ def vram_text() -> str:
 
 
 def files_text(files, values: dict | None = None) -> str:
-    logs = (values or {}).get("logging_dir") or ""
+    logs = values["logging_dir"] if values else ""
     tail = (f"\n\n**Logs (TensorBoard):** `{logs}` — view with `tensorboard --logdir \"{logs}\"`" if logs else
             "\n\n**Logs:** none (set *Logging folder* in the Parameters tab to write TensorBoard logs)")
     if not files:
@@ -171,7 +171,7 @@ def sample_caption(path: str, values: dict | None) -> str:
     if not match:
         return Path(path).name
     at = f"epoch {int(match[2])}" if match[1] else f"step {int(match[2])}"
-    prompts = parse_prompts((values or {}).get("sample_prompts") or "")
+    prompts = parse_prompts(values["sample_prompts"] if values else "")
     index = int(match[3])
     return f"{at} · {prompts[index].prompt}" if index < len(prompts) else at
 
@@ -274,7 +274,7 @@ def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
             values = current_config(params, data).values
         except ConfigError as exc:
             return gr.update(value=str(exc))
-        path = save_config(values, charlora_home() / "commands" / f"{values['output_name'] or 'last'}.json")
+        path = save_config(values, charlora_home() / "commands" / f"{values['output_name']}.json")
         return gr.update(value=training_command(values, str(path)))
 
     launch_outputs = [tab.start, tab.resume, tab.stop, tab.message, tab.status, tab.progress, tab.plot, tab.estimate,
