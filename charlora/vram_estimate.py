@@ -673,3 +673,17 @@ def format_estimate(estimate: VramEstimate, has_gpu: bool | None = None) -> str:
         lines.append(f"  {_LABELS[name]:<16}{_size(size):>10}" + (f"  ({note})" if note else ""))
     return "\n".join(lines)
 
+
+
+def estimate_for_this_machine(values: dict):
+    """(estimate, NVML reading): the estimate for these settings beside this machine's GPU total, read by the
+    same monitor as the live gauge (without a GPU the estimate itself says what its number means)."""
+    from .monitor import default_monitor
+
+    reading = default_monitor().read()
+    return estimate_vram(values, reading.total_bytes if reading.available else None), reading
+
+
+def estimate_text(values: dict) -> str:
+    """The estimate for these settings on this machine, as the app and the CLI print it."""
+    return format_estimate(estimate_for_this_machine(values)[0])

@@ -124,7 +124,7 @@ def test_optimizer_state_bytes_match_a_real_step(tiny_lora_params, name, args):
     params = [torch.nn.Parameter(p.detach().clone()) for p in tiny_lora_params] + extra
     for p in params:
         p.grad = torch.randn_like(p)
-    values = {"optimizer_args": args, "learning_rate": 1.0 if name == "Prodigy" else 1e-4, "optimizer_fallback": False}
+    values = dict(defaults(), optimizer_args=args, learning_rate=1.0 if name == "Prodigy" else 1e-4)
     zero = [not bool(p.detach().any()) for p in params]  # before the step, as Prodigy looks at them
     optimizer, _, _ = build_optimizer(name, [{"params": params}], values, "cpu")
     optimizer.step()
@@ -138,7 +138,7 @@ def test_optimizer_state_follows_half_precision_parameters(name):
     params = [torch.nn.Parameter(torch.randn(64, 320, dtype=torch.float16)), torch.nn.Parameter(torch.randn(7).half())]
     for p in params:
         p.grad = torch.randn_like(p)
-    optimizer, _, _ = build_optimizer(name, [{"params": params}], {"learning_rate": 1e-4}, "cpu")
+    optimizer, _, _ = build_optimizer(name, [{"params": params}], defaults(), "cpu")
     optimizer.step()
     assert ve.optimizer_state_bytes(name, [p.shape for p in params], 2) == state_bytes(optimizer)
 

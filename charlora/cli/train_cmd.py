@@ -68,11 +68,9 @@ def run_train(args) -> int:
 
     main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
     if main:
-        from ..monitor import default_monitor
-        from ..vram_estimate import estimate_vram
+        from ..vram_estimate import estimate_for_this_machine
 
-        reading = default_monitor().read()
-        estimate = estimate_vram(loaded.values, reading.total_bytes if reading.available else None)
+        estimate, reading = estimate_for_this_machine(loaded.values)
         print(f"VRAM estimate: {estimate.total / 1024**3:.1f} GiB"
               + (f" ({estimate.verdict()})" if reading.available else f" ({reading.message})"), flush=True)
     stop = StopRequest()

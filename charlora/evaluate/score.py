@@ -249,17 +249,13 @@ def load_embedder(source: str, device="cpu") -> Embedder:
         raise CharLoRAError(f"scorer {str(path)!r} is a file, not a folder: choose a folder with a saved CLIPModel, "
                             "a Stable Diffusion 1.5 diffusers folder, or a Hugging Face model id (or leave the scorer "
                             f"empty: {DEFAULT_SCORER}); {TINY_NOTE}")
-    if _looks_like_hub_id(source):
+    from ..models.loading import looks_like_hub_id
+
+    if looks_like_hub_id(source):
         return _load_from_hub(source, device)
     raise CharLoRAError(f"scorer {source!r} not found: no such folder. Choose a folder with a saved CLIPModel, a "
                         f"Stable Diffusion 1.5 diffusers folder (its safety_checker/ is used), or a Hugging Face id "
                         f"such as {DEFAULT_SCORER!r}; {TINY_NOTE}")
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    parts = source.split("/")
-    return (len(parts) == 2 and all(parts) and "\\" not in source and ":" not in source
-            and not source.startswith((".", "~")))
 
 
 def _load_from_hub(repo_id: str, device) -> Embedder:

@@ -175,6 +175,23 @@ def _error(exc: Exception) -> str:
     return "**Not done.** " + str(exc).replace("\n", "\n\n")
 
 
+def estimate_markdown(values: dict) -> str:
+    """The engine's VRAM estimate for these settings on this machine, as the tabs show it."""
+    from ..vram_estimate import estimate_text
+
+    return "```\n" + estimate_text(values) + "\n```"
+
+
+def show_estimate(tab: ParametersTab, data):
+    """An "Estimate VRAM" button's answer (the Parameters and Training tabs have one each)."""
+    import gradio as gr
+
+    try:
+        return gr.update(value=estimate_markdown(current_config(tab, data).values))
+    except ConfigError as exc:
+        return gr.update(value=_error(exc))
+
+
 # --------------------------------------------------------------------------- events
 
 def job_settings(tab: ParametersTab) -> dict:
@@ -258,12 +275,4 @@ def wire(tab: ParametersTab, demo) -> None:
         picker.input(lambda chosen: (chosen or gr.skip(), None), inputs=picker,
                      outputs=[tab.controls[key], picker], show_progress="hidden")
 
-    def estimate(data):
-        from .training_tab import estimate_text
-
-        try:
-            return gr.update(value=estimate_text(current_config(tab, data).values))
-        except ConfigError as exc:
-            return gr.update(value=_error(exc))
-
-    tab.estimate_button.click(estimate, inputs=tab.components(), outputs=tab.estimate)
+    tab.estimate_button.click(lambda data: show_estimate(tab, data), inputs=tab.components(), outputs=tab.estimate)

@@ -20,7 +20,7 @@ from ..params import save_config
 from ..train import current_job, training_command
 from ..train.sampling import parse_prompts
 from .charts import line_chart
-from .parameters_tab import ParametersTab, current_config
+from .parameters_tab import ParametersTab, current_config, estimate_markdown, show_estimate
 
 
 @dataclass
@@ -125,15 +125,6 @@ def status_text(snap) -> str:
         lines.append(f"**Resume the stopped run** continues from `{snap.resumable_state}`.")
     return "\n\n".join(lines)
 
-
-def estimate_text(values: dict) -> str:
-    """The VRAM estimate for these settings beside this GPU's total (NVML), as Markdown."""
-    from ..vram_estimate import estimate_vram, format_estimate
-
-    reading = default_monitor().read()
-    estimate = estimate_vram(values, reading.total_bytes if reading.available else None)
-    # without a GPU the estimate itself says what the number means (GPU memory on a card; RAM here)
-    return "```\n" + format_estimate(estimate) + "\n```"
 
 
 def vram_text() -> str:
@@ -248,7 +239,7 @@ def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
             return refused(exc)
         recent.remember(values)
         return launched(f"Started at {time.strftime('%H:%M:%S')}. Closing this page does not stop training.",
-                        gr.update(value=estimate_text(values)))
+                        gr.update(value=estimate_markdown(values)))
 
     def resume():
         try:
@@ -257,12 +248,6 @@ def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
             return refused(exc)
         return launched(f"Resumed from `{state}` at {time.strftime('%H:%M:%S')}. Closing this page does not stop "
                         "training.", gr.skip())
-
-    def estimate(data):
-        try:
-            return gr.update(value=estimate_text(current_config(params, data).values))
-        except ConfigError as exc:
-            return gr.update(value=str(exc))
 
     def stop():
         current_job().stop(save=True)
@@ -281,7 +266,8 @@ def wire(tab: TrainingTab, params: ParametersTab, demo, timer) -> None:
                       tab.seen]
     tab.start.click(start, inputs=params.components(), outputs=launch_outputs, concurrency_limit=None)
     tab.resume.click(resume, outputs=launch_outputs, concurrency_limit=None)
-    tab.estimate_button.click(estimate, inputs=params.components(), outputs=tab.estimate)
+    tab.estimate_button.click(lambda data: show_estimate(params, data), inputs=params.components(),
+                              outputs=tab.estimate)
     tab.stop.click(stop, outputs=[tab.message, tab.stop], concurrency_limit=None)
     tab.command_button.click(command, inputs=params.components(), outputs=tab.command)
     # the tick must never queue behind other events, nor show a spinner every second
