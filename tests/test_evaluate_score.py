@@ -10,10 +10,14 @@ import torch
 from PIL import Image
 
 from charlora.errors import CharLoRAError
+from charlora.evaluate import embedders as em
 from charlora.evaluate import score as sc
-from charlora.evaluate.score import (BASELINE_NAME, CLIP_MEAN, CLIP_STD, COPY_THRESHOLD, CheckpointScore,
-                                     cosine_matrix, load_embedder, recommend, score_baseline, score_checkpoint,
-                                     score_images, score_report, scores_table, tiny_clip)
+from charlora.evaluate.embedders import load_embedder, tiny_clip
+from charlora.evaluate.score import (BASELINE_NAME, COPY_THRESHOLD, CheckpointScore, cosine_matrix, recommend,
+                                     score_baseline, score_checkpoint, score_images, score_report, scores_table)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, as every CLIP checkpoint uses them
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +77,15 @@ def test_preprocessing_centre_crops_and_normalises(embedder):
     pixels = np.zeros((32, 64, 3), dtype=np.uint8)
     pixels[:, :, 0] = 255
     pixels[:, 16:48] = (0, 255, 0)
-    x = embedder.preprocess(Image.fromarray(pixels))
+    x = embedder.preprocess([Image.fromarray(pixels)])[0]
     assert x.shape == (3, 32, 32)
     expected = [(0 - CLIP_MEAN[0]) / CLIP_STD[0], (1 - CLIP_MEAN[1]) / CLIP_STD[1], (0 - CLIP_MEAN[2]) / CLIP_STD[2]]
     for channel, value in enumerate(expected):
         assert torch.allclose(x[channel], torch.full((32, 32), value), atol=1e-5)
     # A larger image is resized (shortest side to 32) before the crop; same input, same tensor.
     big = noise_image(3, size=(100, 70))
-    assert embedder.preprocess(big).shape == (3, 32, 32)
-    assert torch.equal(embedder.preprocess(big), embedder.preprocess(big))
+    assert embedder.preprocess([big]).shape == (1, 3, 32, 32)
+    assert torch.equal(embedder.preprocess([big]), embedder.preprocess([big]))
 
 
 # --- cosine math and metrics on constructed embeddings -----------------------------------------------
@@ -229,7 +233,7 @@ def test_load_saved_clip_model_folder(embedder, tmp_path):
     embedder.tokenizer.save_pretrained(tmp_path / "clip")
     (tmp_path / "clip" / "preprocessor_config.json").write_text(json.dumps({"crop_size": 32, "size": 32}))
     loaded = load_embedder(str(tmp_path / "clip"))
-    assert (loaded.resize, loaded.image_size) == (32, 32)
+    assert (loaded.processor.size["shortest_edge"], loaded.processor.crop_size["height"]) == (32, 32)
     images = [noise_image(1), noise_image(2)]
     assert loaded.has_text and loaded.name == str(tmp_path / "clip")
     assert torch.allclose(loaded.embed_images(images), embedder.embed_images(images), atol=1e-6)
@@ -267,10 +271,11 @@ def test_load_safety_checker_of_sd_folder(tmp_path, legacy):
         save_file(state, weights)
     loaded = load_embedder(str(sd))
     assert not loaded.has_text and "safety checker" in loaded.name
-    assert (loaded.resize, loaded.image_size, loaded.mean.ravel().tolist()) == (40, 32, [0.5] * 3)
+    processor = loaded.processor  # SD 1.5's feature_extractor settings
+    assert (processor.size["shortest_edge"], processor.crop_size["height"], list(processor.image_mean)) == (40, 32, [0.5] * 3)
     image = noise_image(4)
     with torch.no_grad():
-        pooled = checker.vision_model(pixel_values=loaded.preprocess(image)[None]).pooler_output
+        pooled = checker.vision_model(pixel_values=loaded.preprocess([image])).pooler_output
         expected = torch.nn.functional.normalize(checker.visual_projection(pooled), dim=-1)
     assert torch.allclose(loaded.embed_images([image]), expected, atol=1e-5)
     # The safety_checker folder itself works too.
@@ -316,26 +321,26 @@ def test_empty_scorer_uses_the_default_clip_when_the_base_model_has_none(tmp_pat
     # The label and `score --help` promise openai/clip-vit-large-patch14 when the base model has no safety
     # checker: a single file, or a diffusers folder saved without safety_checker/.
     fetched = []
-    monkeypatch.setattr(sc, "_load_from_hub", lambda repo, device: fetched.append(repo) or tiny_clip())
+    monkeypatch.setattr(em, "_load_from_hub", lambda repo, device: fetched.append(repo) or tiny_clip())
     single = tmp_path / "v1-5-pruned-emaonly.safetensors"
     single.write_bytes(b"x")
     folder = tmp_path / "sd15"
     folder.mkdir()
     (folder / "model_index.json").write_text("{}")
     for base in (str(single), f'"{single}"', str(folder), "runwayml/stable-diffusion-v1-5", ""):
-        assert sc.scorer_for("", base).dim == 32
+        assert em.scorer_for("", base).dim == 32
     assert fetched == ["openai/clip-vit-large-patch14"] * 5
     # "tiny" in any case, and given scorers as they are
-    assert sc.scorer_for(" Tiny ", str(single)).name.startswith("tiny random CLIP")
-    sc.scorer_for("someone/their-clip", str(single))
+    assert em.scorer_for(" Tiny ", str(single)).name.startswith("tiny random CLIP")
+    em.scorer_for("someone/their-clip", str(single))
     assert fetched[-1] == "someone/their-clip"
 
 
 def test_empty_scorer_uses_the_safety_checker_of_a_diffusers_base_model(tmp_path, monkeypatch):
     used = []
-    monkeypatch.setattr(sc, "load_embedder", lambda source, device="cpu": used.append(source) or "embedder")
+    monkeypatch.setattr(em, "load_embedder", lambda source, device="cpu": used.append(source) or "embedder")
     (tmp_path / "sd15" / "safety_checker").mkdir(parents=True)
-    assert sc.scorer_for("", str(tmp_path / "sd15")) == "embedder" and used == [str(tmp_path / "sd15")]
+    assert em.scorer_for("", str(tmp_path / "sd15")) == "embedder" and used == [str(tmp_path / "sd15")]
 
 
 def test_default_scorer_offline_says_what_to_do(tmp_path, no_network, monkeypatch):
@@ -344,11 +349,11 @@ def test_default_scorer_offline_says_what_to_do(tmp_path, no_network, monkeypatc
     single = tmp_path / "v1-5-pruned-emaonly.safetensors"
     single.write_bytes(b"x")
     with pytest.raises(CharLoRAError) as err:  # HF_HUB_OFFLINE=1 (tests/conftest.py)
-        sc.scorer_for("", str(single))
+        em.scorer_for("", str(single))
     assert str(err.value) == OFFLINE_MESSAGE.format(why="offline mode: HF_HUB_OFFLINE is set")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # online mode, no network
     with pytest.raises(CharLoRAError) as err:
-        sc.scorer_for("", str(single))
+        em.scorer_for("", str(single))
     assert str(err.value) == OFFLINE_MESSAGE.format(why=f"cannot connect to {huggingface_hub.constants.ENDPOINT}")
 
 
@@ -360,11 +365,11 @@ def test_score_help_documents_the_scorer_values():
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-m", "charlora", "score", "--help"], capture_output=True, text=True,
                             cwd=repo, timeout=60)
-    help_text = " ".join(result.stdout.split())
+    help_text = " ".join(result.stdout.split()).replace("- ", "-")  # argparse wraps at hyphens
     assert result.returncode == 0
-    for words in ("Empty (default): the base model's safety checker", "else openai/clip-vit-large-patch14",
-                  "'toy': a small CNN trained on CharLoRA's toy world, no download, to score offline",
-                  "'tiny': a random tiny CLIP, no download, for tests (its scores mean nothing)"):
+    for words in ("Empty: the base model's safety checker", "else openai/clip-vit-large-patch14",
+                  "'toy' to score offline (a small CNN trained on the toy world",
+                  "'tiny' for tests (a random tiny CLIP: its scores mean nothing)", "(default: '')"):
         assert words in help_text
 
 
@@ -386,7 +391,8 @@ def test_score_run_from_a_single_file_base_model_offline(tmp_path, no_network):
             raise AssertionError("nothing is rendered before the scorer is loaded")
 
     spec = ScoreSpec(base_model=str(tmp_path / "v1-5-pruned-emaonly.safetensors"), lora_folder=str(model),
-                     output_name="char", train_data_dir=str(tmp_path / "img"), output_dir=str(tmp_path / "out"))
+                     output_name="char", train_data_dir=str(tmp_path / "img"), output_dir=str(tmp_path / "out"),
+                     prompts=["portrait of a girl"], seeds=[1, 2])
     with pytest.raises(CharLoRAError) as err:
         score_run(spec, renderer=NoRender())
     assert str(err.value) == OFFLINE_MESSAGE.format(why="offline mode: HF_HUB_OFFLINE is set")

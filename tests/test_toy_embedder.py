@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
+from charlora.evaluate import embedders as em
 from charlora.evaluate import score as sc
 from charlora.toy import embedder as te
 from charlora.toy import world
@@ -86,12 +87,12 @@ def test_duck_types_the_embedder(toy):
 
 
 def test_scorer_for_and_load_embedder_return_it(toy):
-    assert sc.scorer_for("toy") is toy and sc.scorer_for(" Toy ", "some/base") is toy
-    assert sc.load_embedder("TOY") is toy
+    assert em.scorer_for("toy") is toy and em.scorer_for(" Toy ", "some/base") is toy
+    assert em.load_embedder("TOY") is toy
 
 
 def test_importing_score_trains_nothing():
-    code = "import sys, charlora.evaluate.score; print('charlora.toy.embedder' in sys.modules)"
+    code = "import sys, charlora.evaluate.embedders; print('charlora.toy.embedder' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

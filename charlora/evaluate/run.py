@@ -23,7 +23,8 @@ from ..train.sampling import sampler_name
 from .grid import Cell, GenerationSettings, Renderer, check_settings
 from .keep import run_files
 from .prompts import parse_prompt, strip_comments
-from .score import BASELINE_NAME, score_images, score_report, scorer_for
+from .embedders import scorer_for
+from .score import BASELINE_NAME, score_images, score_report
 
 
 @dataclass(kw_only=True)

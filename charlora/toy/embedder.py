@@ -185,7 +185,7 @@ def train(seed: int = SEED, scenes: int = TRAIN_SCENES, epochs: int = EPOCHS, lo
 
 
 class ToyEmbedder:
-    """Duck-typed like `charlora.evaluate.score.Embedder`: name, has_text, dim, device, embed_images, embed_texts."""
+    """Duck-typed like `charlora.evaluate.embedders.Embedder`: name, has_text, dim, device, embed_images, embed_texts."""
 
     has_text = True
 
