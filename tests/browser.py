@@ -15,7 +15,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (bash setup.sh --dev)")
+# every browser test carries the `browser` marker (a quick run leaves them out: pytest -m "not browser")
+needs_chromium = [pytest.mark.browser,
+                  pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (bash setup.sh --dev)")]
 
 
 @pytest.fixture(scope="module")

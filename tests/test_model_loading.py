@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from charlora.errors import ModelLoadError
 from charlora.models import sd_layout
-from charlora.models.loading import SD15_CONFIG_DIR, describe_checkpoint, load_base_model
+from charlora.models.checkpoint_file import describe_checkpoint
+from charlora.models.loading import SD15_CONFIG_DIR, load_base_model
 from charlora.models.tiny import COMPONENTS_METADATA_KEY
 
 PARTS = ("unet", "vae", "text_encoder")

@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
 from charlora.cli import main
+
+pytestmark = pytest.mark.slow  # the whole demo: minutes
 
 
 def test_the_demo_runs_the_story_and_keeps_a_checkpoint(tmp_path, capsys):

@@ -18,6 +18,8 @@ import pytest
 from charlora.toy import experiment, world
 from conftest import SEED_CONFIG
 
+pytestmark = pytest.mark.slow  # trains LoRAs on the toy model: minutes
+
 # 10x the toy's learning rate and alpha = rank (16x its scale): a deliberately over-cooked run
 OVERTRAINED = {"learning_rate": 1e-2, "unet_lr": 1e-2, "text_encoder_lr": 5e-3, "network_alpha": 16}
 

@@ -10,13 +10,15 @@ sees; a screenshot of each tab goes to the test's temp folder (and to test-artif
 import re
 import shutil
 
+import pytest
+
 from browser import ARTIFACTS, app, browser, choose_preset, home, needs_chromium, number, open_page  # noqa: F401
 from browser import field, fill, set_text, text
 from conftest import SEED_CONFIG
 
 from dataset_helpers import pattern, save
 
-pytestmark = needs_chromium
+pytestmark = [*needs_chromium, pytest.mark.slow]  # about 2 minutes
 
 NAME = "wwaa-girl"
 EPOCHS = 4

@@ -152,7 +152,7 @@ def scorer_for(scorer: str, base_model: str = "", device="cpu") -> Embedder:
     id -> load_embedder; empty -> the base model's safety checker when the base model is a diffusers folder that
     has one (no download), else DEFAULT_SCORER, fetched from the Hub once and then read from its cache (a
     single-file base model has no CLIP image tower)."""
-    from ..models.loading import clean_path
+    from ..models.checkpoint_file import clean_path
 
     text = str(scorer or "").strip().strip('"').strip("'").strip()
     if text.lower() == TINY_SCORER:
@@ -197,7 +197,7 @@ def load_embedder(source: str, device="cpu") -> Embedder:
         raise CharLoRAError(f"scorer {str(path)!r} is a file, not a folder: choose a folder with a saved CLIPModel, "
                             "a Stable Diffusion 1.5 diffusers folder, or a Hugging Face model id (or leave the scorer "
                             f"empty: {DEFAULT_SCORER}); {TINY_NOTE}")
-    from ..models.loading import looks_like_hub_id
+    from ..models.checkpoint_file import looks_like_hub_id
 
     if looks_like_hub_id(source):
         return _load_from_hub(source, device)

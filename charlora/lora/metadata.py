@@ -243,7 +243,7 @@ def sd_model_name(source: str) -> str:
     """ss_sd_model_name as sd-scripts writes it (train_network.py 1207-1213): the file or folder name of a
     local model, the whole id of a Hub model ("runwayml/stable-diffusion-v1-5"). A path that is not on this
     disk (a config from another machine) gives its last name too: paths say nothing of the user's disk."""
-    from ..models.loading import looks_like_hub_id
+    from ..models.checkpoint_file import looks_like_hub_id
 
     text = str(source)
     if looks_like_hub_id(text) and not os.path.exists(text):
