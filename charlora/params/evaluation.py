@@ -43,12 +43,9 @@ EVALUATION_PARAMS: tuple[Param, ...] = (
           help="One prompt per line; each is drawn with every checkpoint (and without LoRA)."),
     Param("score_seeds", "str", "1-4", "score", label="Seeds", help="Seeds of each prompt, e.g. 1-4."),
     Param("scorer", "str", "", "score", label="Scorer",
-          help=f"The model that embeds the images. Empty: the base model's safety checker when it is a diffusers "
-               f"folder with safety_checker/, else {DEFAULT_SCORER_ID} (downloaded once into the Hugging Face "
-               f"cache; offline, download it into a folder and give that folder); a folder with a saved CLIPModel "
-               f"(+ CLIPProcessor files); a Hugging Face id; 'toy' to score offline (a small CNN trained on the toy "
-               f"world: meaningful for the toy model's runs); or 'tiny' for tests (a random tiny CLIP: its scores "
-               f"mean nothing)."),
+          help=f"Empty: the base model's safety checker (its CLIP), else {DEFAULT_SCORER_ID} (downloaded once); a "
+               f"CLIP folder or Hugging Face id; 'toy' to score offline (a small CNN trained on the toy world: "
+               f"meaningful for its runs); 'tiny' for tests (a random tiny CLIP: its scores mean nothing)."),
 )
 
 PREPARE_PARAMS: tuple[Param, ...] = (
