@@ -326,3 +326,37 @@ def sample_filename(output_name, step, prompt_index, seed, epoch=None, timestamp
     number = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
     seed_part = "" if seed is None else f"_{seed}"
     return f"{prefix}{number}_{prompt_index:02d}_{timestamp}{seed_part}.png"
+
+
+def training_samples(ctx, step: int, epoch: int, at_epoch_end: bool, writer=None) -> list[str]:
+    """The sample prompts drawn with the network being trained (`ctx`: train.context.RunContext), saved under
+    Kohya's names in output_dir/sample/ (and to TensorBoard); returns the files' paths."""
+    v, pipe, place = ctx.values, ctx.pipe, ctx.place
+    width, height = (int(x) for x in v["max_resolution"].split(","))
+    # Kohya's default sample size is 512x512; the training resolution suits any base model better
+    prompts = parse_prompts(v["sample_prompts"], {"width": width, "height": height})
+    folder = place.output_dir / "sample"
+    folder.mkdir(exist_ok=True)
+    vae_device = next(pipe.vae.parameters()).device
+    pipe.vae.to(ctx.device)
+    rng_state = torch.get_rng_state()  # sampling must not change the training's random stream
+    try:
+        pipe.unet.eval()
+        pipe.text_encoder.eval()
+        images = generate_samples(pipe, prompts, v["sample_sampler"], ctx.device, clip_skip=v["clip_skip"],
+                                  max_token_length=v["max_token_length"])
+    finally:
+        torch.set_rng_state(rng_state)
+        pipe.unet.train()
+        pipe.text_encoder.train(ctx.network.settings.train_text_encoder)
+        pipe.vae.to(vae_device)
+    paths = []
+    for index, (prompt, image) in enumerate(zip(prompts, images)):
+        path = folder / sample_filename(place.name, step, index, prompt.seed, epoch=epoch if at_epoch_end else None)
+        image.save(path)
+        paths.append(str(path))
+        if writer is not None:
+            import numpy as np
+
+            writer.add_image(f"sample/{index}", np.asarray(image), step, dataformats="HWC")
+    return paths

@@ -192,3 +192,22 @@ def param_groups(network: LoRANetwork) -> tuple[list[dict], list[str]]:
 
 def make_dataset(plan: DatasetPlan, values: dict, seed: int, cache: LatentCache | None) -> BucketBatches:
     return BucketBatches(plan, values, seed=seed, cache=cache)
+
+
+def oom_advice(values: dict, step: int, files: list) -> str:
+    """What to change after CUDA ran out of memory at `step`, for these settings."""
+    v = values
+    tips = []
+    if v["train_batch_size"] > 1:
+        tips.append(f"lower train_batch_size (now {v['train_batch_size']})")
+    if not v["gradient_checkpointing"]:
+        tips.append("turn on gradient_checkpointing (much less memory, ~30% slower)")
+    if v["max_resolution"] != "512,512":
+        tips.append(f"train at 512,512 (now {v['max_resolution']})")
+    if v["network_dim"] > 32:
+        tips.append(f"lower network_dim (now {v['network_dim']})")
+    if v["optimizer"] not in ("AdamW8bit", "Lion8bit"):
+        tips.append("use optimizer AdamW8bit")
+    tips.append("close other programs using the GPU")
+    return (f"CUDA out of memory at step {step + 1}. Try: " + "; ".join(tips) + "."
+            + (f" The last good file is {files[-1]}." if files else ""))
