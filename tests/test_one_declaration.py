@@ -102,7 +102,8 @@ def test_no_module_outside_params_declares_a_default_of_its_own():
             continue
         for line, text in second_declarations(ast.parse(path.read_text(encoding="utf-8"))):
             problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {text}")
-    assert problems == [], "defaults declared outside charlora/params/ (read the table instead):\n" + "\n".join(problems)
+    assert problems == [], ("defaults declared outside charlora/params/ (read the table instead):\n"
+                            + "\n".join(problems))
 
 
 def test_the_checker_finds_each_kind_of_second_declaration():

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     prep.add_argument("--trigger", required=True, help="trigger word, e.g. wwaa")
     prep.add_argument("--class-word", required=True, help="class word, e.g. girl")
     repeats = PREPARE["repeats"]
-    prep.add_argument("--repeats", type=int, default=repeats.default, help=f"{repeats.help} (default {repeats.default})")
+    prep.add_argument("--repeats", type=int, default=repeats.default,
+                      help=f"{repeats.help} (default {repeats.default})")
     prep.add_argument("--captions", action="store_true",
                       help="write a starter caption '<trigger> <class>' for each image without a caption of its "
                            "own (never overwrites)")

@@ -5,9 +5,9 @@ Accepted sources: a single-file `.safetensors`; a legacy `.ckpt`/`.pt` (read wit
 (model_index.json); a Hugging Face Hub id such as `stable-diffusion-v1-5/stable-diffusion-v1-5`.
 
 What the file is (and the refusal of anything that is not an SD 1.5 base model) is decided first, by
-`checkpoint_file.py`; this module builds the pipeline. Single files are loaded by our own route rather than `StableDiffusionPipeline.from_single_file`:
-read the tensors once, check the architecture from the key names and shapes before building
-anything, rename with `sd_layout.original_to_diffusers`, and `load_state_dict(strict=True)` into
+`checkpoint_file.py`; this module builds the pipeline. Single files are loaded by our own route rather
+than `StableDiffusionPipeline.from_single_file`: read the tensors once, check the architecture from the
+key names and shapes before building anything, rename with `sd_layout.original_to_diffusers`, and `load_state_dict(strict=True)` into
 models built from configs carried in the package (`sd15/`) or in the file's metadata (the tiny test
 model). Why: it needs no Hub and no cache (from_single_file looks up Hub repos unless handed a
 config folder), it reads .safetensors and .ckpt the same way, a missing or misshaped tensor is an

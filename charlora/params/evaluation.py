@@ -20,7 +20,8 @@ EVALUATION_PARAMS: tuple[Param, ...] = (
     Param("cfg", "float", 7.0, "generation", min=1.0, max=30.0, label="CFG",
           help="Classifier-free guidance scale (A1111's range: 1-30)."),
     Param("sampler", "str", "euler_a", "generation", label="Sampler",
-          help="Kohya's or A1111's sampler name, any case (euler_a, dpmsolver++, \"Euler a\", \"DPM++ 2M Karras\", ...)."),
+          help="Kohya's or A1111's sampler name, any case (euler_a, dpmsolver++, \"Euler a\", "
+               "\"DPM++ 2M Karras\", ...)."),
     Param("width", "int", 512, "generation", min=64, max=2048, label="Width",
           help="Image width in pixels (SD 1.5 draws at 512; past 2048 one image needs many GB)."),
     Param("height", "int", 512, "generation", min=64, max=2048, label="Height", help="Image height in pixels."),

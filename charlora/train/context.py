@@ -195,3 +195,25 @@ def open_tensorboard(values: dict, name: str):
 
     folder = Path(values["logging_dir"]) / f"{name}_{time.strftime('%Y%m%d%H%M%S')}"
     return SummaryWriter(logdir=str(folder))
+
+
+def restore_state(ctx: RunContext, folder: str, emit: Emitter):
+    """Load a saved training state into the run's network, optimizer, schedule, generator and scaler; returns
+    (position, loss history) for the loop to continue from."""
+    state = ckpt.load_state(folder)
+    ctx.network.load_kohya_tensors(state.lora_weights, folder)
+    ctx.optimizer.load_state_dict(state.optimizer)
+    ctx.lr_scheduler.load_state_dict(state.scheduler)
+    ckpt.restore_rng(state.rng, ctx.noise_generator)
+    if state.scaler is not None and ctx.scaler.is_enabled():
+        ctx.scaler.load_state_dict(state.scaler)
+    position = state.position
+    if position.session_id is None:
+        emit.info(f"resume: {folder} is from an older CharLoRA (state format 1): the loss chart starts at step "
+                  f"{position.step} and the files get a new ss_session_id")
+    if position.total_steps != ctx.total_steps:
+        emit.warn(f"resume: the saved run had {position.total_steps} steps in total, this config gives "
+                  f"{ctx.total_steps}; continuing to {ctx.total_steps}")
+    emit.info(f"resumed from {folder} at step {position.step} (epoch {position.epoch})")
+    return position, state.history
+

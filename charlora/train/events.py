@@ -136,3 +136,16 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self._event.is_set()
+
+
+@dataclass
+class RunResult:
+    status: str  # "completed", "stopped" or "failed"
+    message: str
+    steps: int = 0
+    files: list = field(default_factory=list)
+    last_good_file: str | None = None
+    losses: list = field(default_factory=list)  # each step's loss; a resumed run's starts with the saved history
+    phase_times: list = field(default_factory=list)  # per step {"data", "forward", "backward", "optimizer"} (profile)
+    log_file: str | None = None  # this run's log (main process), also when it failed
+    traceback: str | None = None  # an internal error's traceback (the CLI shows it with --debug)

@@ -1,9 +1,8 @@
 """The training loop: SD 1.5 LoRA training as Kohya's train_network does it.
 
-One step: latents (cached, or encoded now) x the VAE's scaling factor; noise (with offset / multires
-noise); timesteps uniform in [min_timestep, max_timestep); noisy latents from the DDPM schedule;
-text conditioning (clip_skip, 75-token chunks); UNet prediction; MSE against the noise (or the
-velocity with v_parameterization) per sample, x prior_loss_weight for reg samples, x min-SNR weights.
+The run is built once by `context.prepare_run`; each step's loss is `step.step_loss`; this module runs the
+steps: gradient accumulation, the optimizer step, losses read back and reported, files saved on Kohya's
+schedule, samples, stop and resume.
 
 Runs in the foreground (CLI), in a thread (GUI) or as one of several processes under
 `accelerate launch`: every process reads the same global batch, draws the same noise, trains on its
@@ -17,7 +16,6 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,30 +24,16 @@ from ..errors import CharLoRAError
 from ..lora import build_metadata, save_lora
 from ..params import dump_kohya
 from . import checkpoints as ckpt
-from . import noise as noise_fn
 from . import setup
-from .context import cache_text_states, open_tensorboard, place_run, prepare_run, run_info
-from .events import Emitter, Message, RunFinished, RunStarted, SamplesSaved, Saved, Step, StopRequest
+from .context import cache_text_states, open_tensorboard, place_run, prepare_run, restore_state, run_info
+from .events import Emitter, Message, RunFinished, RunResult, RunStarted, SamplesSaved, Saved, Step, StopRequest
 from .run_log import PhaseClock, RunLog
 from .sampling import training_samples
-from .text import encode, tokenize
+from .step import step_loss
 
 log = logging.getLogger("charlora.train")
 _RUN_LOCK = threading.Lock()  # one run per process: two would fight over the GPU and the files
 LOSS_SYNC_EVERY = 10  # on a GPU, steps between reading the loss back (CPU: every step, it costs nothing)
-
-
-@dataclass
-class RunResult:
-    status: str  # "completed", "stopped" or "failed"
-    message: str
-    steps: int = 0
-    files: list = field(default_factory=list)
-    last_good_file: str | None = None
-    losses: list = field(default_factory=list)  # each step's loss; a resumed run's starts with the saved history
-    phase_times: list = field(default_factory=list)  # per step {"data", "forward", "backward", "optimizer"} (profile)
-    log_file: str | None = None  # this run's log (main process), also when it failed
-    traceback: str | None = None  # an internal error's traceback (the CLI shows it with --debug)
 
 
 def train(values: dict, listeners=(), stop: StopRequest | None = None, pipe=None, profile: bool = False) -> RunResult:
@@ -142,35 +126,22 @@ class Trainer:
         self.writer = open_tensorboard(v, self.place.name) if self.place.main else None
         if self.place.main:
             ckpt.write_run_config(self.place.output_dir, self.place.name, dump_kohya(v))
+        ctx, plan = self.ctx, self.ctx.plan
         self.emit(RunStarted(
-            total_steps=self.ctx.total_steps, steps_per_epoch=self.ctx.plan.steps_per_epoch, epochs=self.ctx.total_epochs,
-            images=sum(len(c.images) for c in self.ctx.plan.concepts), samples_per_epoch=self.ctx.plan.num_train_samples,
-            reg_samples_per_epoch=self.ctx.plan.num_reg_samples,
-            buckets={f"{w}x{h}": n for (w, h), n in self.ctx.plan.bucket_counts.items()},
-            batch_size=v["train_batch_size"], processes=self.place.world, device=str(self.ctx.device),
-            precision=self.ctx.precision.label, attention=self.ctx.attention, optimizer=self.ctx.optimizer_label, seed=self.ctx.seed,
+            total_steps=ctx.total_steps, steps_per_epoch=plan.steps_per_epoch, epochs=ctx.total_epochs,
+            images=sum(len(c.images) for c in plan.concepts), samples_per_epoch=plan.num_train_samples,
+            reg_samples_per_epoch=plan.num_reg_samples,
+            buckets={f"{w}x{h}": n for (w, h), n in plan.bucket_counts.items()},
+            batch_size=v["train_batch_size"], processes=self.place.world, device=str(ctx.device),
+            precision=ctx.precision.label, attention=ctx.attention, optimizer=ctx.optimizer_label, seed=ctx.seed,
             start_step=self.global_step, history=tuple(self.history)))
 
     def _resume(self, folder: str) -> None:
-        state = ckpt.load_state(folder)
-        self.ctx.network.load_kohya_tensors(state.lora_weights, folder)
-        self.ctx.optimizer.load_state_dict(state.optimizer)
-        self.ctx.lr_scheduler.load_state_dict(state.scheduler)
-        ckpt.restore_rng(state.rng, self.ctx.noise_generator)
-        if state.scaler is not None and self.ctx.scaler.is_enabled():
-            self.ctx.scaler.load_state_dict(state.scaler)
-        position = state.position
+        position, history = restore_state(self.ctx, folder, self.emit)
         self.epoch, self.start_batch, self.global_step = position.epoch, position.batch, position.step
-        self.history = list(state.history)
+        self.history = list(history)
         self.epoch_loss_sum, self.epoch_loss_count = position.epoch_loss_sum, position.epoch_loss_count
         self.session_id = position.session_id
-        if position.session_id is None:
-            self.emit.info(f"resume: {folder} is from an older CharLoRA (state format 1): the loss chart starts at "
-                           f"step {self.global_step} and the files get a new ss_session_id")
-        if state.position.total_steps != self.ctx.total_steps:
-            self.emit.warn(f"resume: the saved run had {state.position.total_steps} steps in total, this config "
-                           f"gives {self.ctx.total_steps}; continuing to {self.ctx.total_steps}")
-        self.emit.info(f"resumed from {folder} at step {self.global_step} (epoch {self.epoch})")
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> tuple[str, str]:
@@ -282,52 +253,8 @@ class Trainer:
             self._report_step(step, value, average, recent)
 
     def _forward(self, batch: dict) -> torch.Tensor:
-        v = self.values
-        vae = self.ctx.pipe.vae
-        if "latents" in batch:
-            latents = batch["latents"].float()
-        else:
-            with torch.no_grad():
-                pixels = batch["pixels"].to(self.ctx.device, torch.float32)
-                dist = vae.encode(pixels).latent_dist
-                sample = torch.randn(dist.mean.shape, generator=self.ctx.noise_generator)
-                latents = (dist.mean + dist.std * sample.to(dist.mean.device)).float().cpu()
-        latents = latents * vae.config.scaling_factor
-        # noise and timesteps for the whole global batch (the same on every process), then our slice
-        noise = noise_fn.make_noise(latents, v, self.ctx.noise_generator)
-        timesteps = noise_fn.sample_timesteps(latents.shape[0], v["min_timestep"], v["max_timestep"],
-                                              self.ctx.noise_generator)
-        weights = batch["loss_weights"].float()
-        captions = list(batch["captions"])
-        real_samples = latents.shape[0]
-        size = v["train_batch_size"]
-        lo = self.place.rank * size
-        if lo >= latents.shape[0]:  # last, partial global batch: this process repeats a sample at weight 0
-            lo, weights = latents.shape[0] - 1, torch.zeros_like(weights)
-        hi = min(lo + size, latents.shape[0])
-        latents, noise, timesteps = latents[lo:hi].to(self.ctx.device), noise[lo:hi].to(self.ctx.device), \
-            timesteps[lo:hi].to(self.ctx.device)
-        weights, captions = weights[lo:hi].to(self.ctx.device), captions[lo:hi]
-
         train_te = self.ctx.network.settings.train_text_encoder and not self._text_encoder_stopped()
-        autocast = torch.autocast(self.ctx.device.type, dtype=self.ctx.precision.autocast_dtype,
-                                  enabled=self.ctx.precision.autocast_dtype is not None)
-        with autocast:
-            if self.text_cache is not None:
-                hidden = torch.cat([self.text_cache[c] for c in captions])
-            else:
-                input_ids = tokenize(self.ctx.pipe.tokenizer, captions, v["max_token_length"]).to(self.ctx.device)
-                with torch.set_grad_enabled(train_te):
-                    hidden = encode(self.ctx.pipe.text_encoder, input_ids, v["clip_skip"], v["max_token_length"])
-            noisy = self.ctx.noise_scheduler.add_noise(latents, noise, timesteps)
-            prediction = self.ctx.pipe.unet(noisy.to(self.ctx.precision.weight_dtype), timesteps,
-                                        hidden.to(self.ctx.precision.weight_dtype)).sample
-        target = noise_fn.training_target(self.ctx.noise_scheduler, latents, noise, timesteps, v["v_parameterization"])
-        per_sample = noise_fn.per_sample_loss(prediction.float(), target.float(), weights, timesteps, v,
-                                              self.ctx.noise_scheduler.alphas_cumprod.to(self.ctx.device))
-        # this process's share of the mean over the whole global batch: averaged over the processes it is
-        # exactly the one-process loss, also when the last batch of a bucket is partial
-        return per_sample.sum() * self.place.world / real_samples
+        return step_loss(self.ctx, batch, self.text_cache, train_te)
 
     def _text_encoder_stopped(self) -> bool:
         percent = self.values["stop_text_encoder_training"]
@@ -380,7 +307,8 @@ class Trainer:
                 self._save_state(ckpt.state_dir_for(path), batches_done)
             if v["save_last_n_steps"]:  # Kohya keeps the files of the last N steps and the one at the edge
                 keep = v["save_last_n_steps"] // v["save_every_n_steps"] + 1
-                self._forget(ckpt.prune(ckpt.step_files(self.place.output_dir, self.place.name, self.global_step), keep))
+                step_files = ckpt.step_files(self.place.output_dir, self.place.name, self.global_step)
+                self._forget(ckpt.prune(step_files, keep))
             if v["save_last_n_steps_state"]:
                 keep = v["save_last_n_steps_state"] // v["save_every_n_steps"] + 1
                 ckpt.prune_states(ckpt.step_files(self.place.output_dir, self.place.name, self.global_step), keep)

@@ -60,11 +60,13 @@ def build() -> EvaluationTab:
                                  elem_id="eval-prompt")
         f["negative"] = gr.Textbox(label=E["negative"].label, value=E["negative"].default, elem_id="eval-negative")
         with gr.Row():
-            f["x_kind"] = gr.Dropdown(AXIS_CHOICES, value=E["x_kind"].default, label=E["x_kind"].label, elem_id="eval-x-kind")
+            f["x_kind"] = gr.Dropdown(AXIS_CHOICES, value=E["x_kind"].default, label=E["x_kind"].label,
+                                      elem_id="eval-x-kind")
             f["x_values"] = gr.Textbox(label="X values", elem_id="eval-x-values", scale=3)
             list_checkpoints = gr.Button("List the run's checkpoints", size="sm")
         with gr.Row():
-            f["y_kind"] = gr.Dropdown(AXIS_CHOICES, value=E["y_kind"].default, label=E["y_kind"].label, elem_id="eval-y-kind")
+            f["y_kind"] = gr.Dropdown(AXIS_CHOICES, value=E["y_kind"].default, label=E["y_kind"].label,
+                                      elem_id="eval-y-kind")
             f["y_values"] = gr.Textbox(label=E["y_values"].label, value=E["y_values"].default, elem_id="eval-y-values",
                                        scale=3)
         with gr.Row():
