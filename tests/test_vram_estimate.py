@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from charlora import vram_estimate as ve
+from charlora.vram import model_sizes as vm
 from charlora.lora import LoRANetwork, LoRASettings
 from charlora.models.loading import SD15_CONFIG_DIR
 from charlora.models.tiny import build_tiny_components
@@ -55,12 +56,12 @@ def numel(params):
 def test_sd15_constants_match_models_built_from_the_carried_configs():
     unet, vae, text_encoder = sd15_on_meta()
     assert numel(unet.parameters()) == ve.SD15_UNET_PARAMS
-    assert numel(vae.parameters()) == ve.SD15_VAE_PARAMS
-    assert numel(text_encoder.parameters()) == ve.SD15_TEXT_ENCODER_PARAMS
-    targets = ve.model_targets(unet, text_encoder)
+    assert numel(vae.parameters()) == vm.SD15_VAE_PARAMS
+    assert numel(text_encoder.parameters()) == vm.SD15_TEXT_ENCODER_PARAMS
+    targets = vm.model_targets(unet, text_encoder)
     assert len(targets) == 192 + 72
     key = lambda t: (t.part, t.in_features, t.out_features, t.conv)  # noqa: E731
-    assert sorted(ve.sd15_targets(), key=key) == sorted(targets, key=key)
+    assert sorted(vm.sd15_targets(), key=key) == sorted(targets, key=key)
 
 
 @pytest.mark.parametrize("rank", [4, 32, 128])
@@ -68,17 +69,17 @@ def test_lora_count_equals_a_real_network_on_sd15(rank):
     unet, _, text_encoder = sd15_on_meta()
     values = config(network_dim=rank, network_alpha=rank)
     network = LoRANetwork.attach(unet, text_encoder, LoRASettings.from_config(values))
-    assert ve.count_lora_parameters(values) == numel(network.parameters())
+    assert vm.count_lora_parameters(values) == numel(network.parameters())
     unet_only = config(network_dim=rank, text_encoder_lr=0.0)
-    assert ve.count_lora_parameters(unet_only) == numel(network.parameters("unet"))
-    assert ve.count_lora_parameters(config(network_dim=rank, unet_lr=0.0)) == numel(network.parameters("te"))
+    assert vm.count_lora_parameters(unet_only) == numel(network.parameters("unet"))
+    assert vm.count_lora_parameters(config(network_dim=rank, unet_lr=0.0)) == numel(network.parameters("te"))
 
 
 @pytest.mark.parametrize("rank", [1, 4, 8])
 def test_lora_count_and_shapes_from_given_models(rank):
     parts = build_tiny_components()
     values = config(network_dim=rank)
-    expected = ve.count_lora_parameters(values, parts["unet"], parts["text_encoder"])
+    expected = vm.count_lora_parameters(values, parts["unet"], parts["text_encoder"])
     shapes = ve.lora_tensor_shapes(values, parts["unet"], parts["text_encoder"])
     network = LoRANetwork.attach(parts["unet"], parts["text_encoder"], LoRASettings.from_config(values))
     assert expected == numel(network.parameters())
@@ -184,19 +185,19 @@ def test_vae_counts_only_while_it_stays_on_the_gpu():
     cached = ve.estimate_vram(config(cache_latents=True))
     uncached = ve.estimate_vram(config(cache_latents=False))
     sampling = ve.estimate_vram(config(cache_latents=True, sample_every_n_epochs=1))
-    assert uncached.weights - cached.weights == ve.SD15_VAE_PARAMS * 4 == sampling.weights - cached.weights
+    assert uncached.weights - cached.weights == vm.SD15_VAE_PARAMS * 4 == sampling.weights - cached.weights
 
 
 def test_unet_only_drops_the_text_encoder_parts():
     both = ve.estimate_vram(config(network_dim=32))
     unet_only = ve.estimate_vram(config(network_dim=32, text_encoder_lr=0.0))
-    te_lora = 32 * ve.TE_LAYERS * (4 * 2 * ve.TE_HIDDEN + 2 * (ve.TE_HIDDEN + ve.TE_INTERMEDIATE))
+    te_lora = 32 * vm.TE_LAYERS * (4 * 2 * vm.TE_HIDDEN + 2 * (vm.TE_HIDDEN + vm.TE_INTERMEDIATE))
     assert both.lora_parameter_count - unet_only.lora_parameter_count == te_lora
     assert both.lora_parameters - unet_only.lora_parameters == te_lora * 4
     te_activations = ve.text_encoder_activation_bytes(1, 32, 2, False)
     assert both.activations - unet_only.activations >= te_activations
     # not trained and its outputs cached: the text encoder leaves the GPU
-    assert both.weights - unet_only.weights == ve.SD15_TEXT_ENCODER_PARAMS * 2
+    assert both.weights - unet_only.weights == vm.SD15_TEXT_ENCODER_PARAMS * 2
     shuffled = ve.estimate_vram(config(network_dim=32, text_encoder_lr=0.0, shuffle_caption=True))
     assert shuffled.weights == both.weights
 
@@ -225,7 +226,7 @@ CPU_MEASURED_TEXT_ENCODER_MIB = 33.9  # 77 tokens, rank 4, without the LoRA weig
 @pytest.mark.parametrize("side, rank, plain, checkpointing, measured", CPU_MEASURED_UNET)
 def test_activation_model_reproduces_the_saved_tensor_counts(side, rank, plain, checkpointing, measured):
     kept = ve.unet_activation_bytes(side, side, 1, rank, 2, plain, checkpointing, include_transient=False)
-    copies = 2 * ve.count_lora_parameters(config(network_dim=rank, text_encoder_lr=0.0))
+    copies = 2 * vm.count_lora_parameters(config(network_dim=rank, text_encoder_lr=0.0))
     assert (kept + copies) / ve.MIB == pytest.approx(measured, rel=0.10 if checkpointing else 0.03)
 
 
@@ -288,7 +289,7 @@ def test_verdict_leaves_out_changes_that_do_not_help():
 def test_lion_and_adamw_state_sizes_in_the_estimate():
     sizes = {name: ve.estimate_vram(config(optimizer=name, network_dim=64)).optimizer_state
              for name in ("AdamW", "AdamW8bit", "Lion", "SGDNesterov", "Adafactor", "Prodigy")}
-    count = ve.count_lora_parameters(config(network_dim=64))
+    count = vm.count_lora_parameters(config(network_dim=64))
     assert sizes["AdamW"] == 8 * count + 4 * 2 * (192 + 72)
     assert sizes["Lion"] == sizes["SGDNesterov"] == 4 * count
     assert sizes["Adafactor"] < sizes["AdamW8bit"] < sizes["Lion"] < sizes["AdamW"] < sizes["Prodigy"]
@@ -310,7 +311,7 @@ def test_sizes_are_read_from_the_model_it_is_given(tiny_model, form):
     sizes = ve.model_sizes(f'"{source}"')  # quoted, as Kohya's GUI stores paths
     assert (sizes.unet, sizes.vae, sizes.text_encoder) == (counts["unet"], counts["vae"], counts["text_encoder"])
     key = lambda t: (t.part, t.in_features, t.out_features, t.conv)  # noqa: E731
-    assert sorted(sizes.targets, key=key) == sorted(ve.model_targets(parts["unet"], parts["text_encoder"]), key=key)
+    assert sorted(sizes.targets, key=key) == sorted(vm.model_targets(parts["unet"], parts["text_encoder"]), key=key)
 
     values = config(pretrained_model_name_or_path=str(source), network_dim=4, cache_latents=False)
     estimate = ve.estimate_vram(values)
@@ -372,9 +373,9 @@ def test_targets_from_sd15_key_names_match_the_built_models():
     original = {k: tuple(v.shape) for k, v in diffusers_to_original(
         unet.state_dict(), vae.state_dict(), text_encoder.state_dict()).items()}
     key = lambda t: (t.part, t.in_features, t.out_features, t.conv)  # noqa: E731
-    expected = sorted(ve.sd15_targets(), key=key)
-    from_diffusers = ve.targets_from_shapes(parts["unet"], "unet") + ve.targets_from_shapes(parts["te"], "te")
+    expected = sorted(vm.sd15_targets(), key=key)
+    from_diffusers = vm.targets_from_shapes(parts["unet"], "unet") + vm.targets_from_shapes(parts["te"], "te")
     assert sorted(from_diffusers, key=key) == expected
-    from_original = (ve.targets_from_shapes({k: s for k, s in original.items() if k.startswith("model.")}, "unet")
-                     + ve.targets_from_shapes({k: s for k, s in original.items() if k.startswith("cond_")}, "te"))
+    from_original = (vm.targets_from_shapes({k: s for k, s in original.items() if k.startswith("model.")}, "unet")
+                     + vm.targets_from_shapes({k: s for k, s in original.items() if k.startswith("cond_")}, "te"))
     assert sorted(from_original, key=key) == expected

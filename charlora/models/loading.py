@@ -15,17 +15,15 @@ error instead of a silently random weight, and every failure can name the file a
 """
 
 import json
-from pathlib import Path
 
 import torch
 
 from charlora.errors import ModelLoadError
-from charlora.models import sd_layout
+from charlora.models import SD15_CONFIG_DIR, sd_layout  # SD15_CONFIG_DIR: bench, tests and tools import it here
 from charlora.models.checkpoint_file import (PICK_SD15, clean_path, guess_architecture, looks_like_hub_id, read_header,
                                              refusal, truncated, unquoted)
 from charlora.models.tiny import COMPONENTS_METADATA_KEY, load_tokenizer_from_files
 
-SD15_CONFIG_DIR = Path(__file__).parent / "sd15"
 
 # --- building the pipeline --------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The parts of the VRAM estimate (`charlora/vram_estimate.py` puts them together)."""
