@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPT = "portrait of a girl"
 SEED = 1234
 sys.path.insert(0, str(REPO))
-SD15_CONFIG = REPO / "charlora" / "models" / "sd15"  # the SD 1.5 configs CharLoRA carries (no download)
+from charlora.models import SD15_CONFIG_DIR as SD15_CONFIG  # noqa: E402  (the configs CharLoRA carries; no torch)
 
 
 def make_inputs(work: Path, model: str | None, rows: int, rank: int) -> tuple[str, Path, list[str]]:
