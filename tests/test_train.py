@@ -406,3 +406,28 @@ def test_nan_in_an_earlier_micro_batch_is_caught(tiny_model, data, tmp_path, mon
     result = train(config(tiny_model, data, tmp_path, gradient_accumulation_steps=2, save_every_n_steps=1, epoch=1))
     assert result.status == "failed" and "step 2" in result.message
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["tiny-demo-step00000001.safetensors"]
+
+
+def test_accumulation_steps_at_the_end_of_each_epoch_with_a_short_group(tiny_model, data, tmp_path, monkeypatch):
+    """8 batches an epoch, gradient_accumulation_steps 3: groups of 3, 3 and 2 (accelerate's loader marks the
+    epoch's last batch), so 3 optimizer steps an epoch, as Kohya counts them; each step reports its group's mean."""
+    import charlora.train.noise as noise_module
+
+    real = noise_module.per_sample_loss
+    micro = []
+
+    def recording(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        micro.append(float(loss.detach().sum()))
+        return loss
+
+    monkeypatch.setattr(noise_module, "per_sample_loss", recording)
+    recorder = Recorder()
+    result = train(config(tiny_model, data, tmp_path, gradient_accumulation_steps=3, train_batch_size=1, epoch=2), [recorder])
+    assert result.status == "completed", result.message
+    started = recorder.of(RunStarted)[0]
+    assert (started.steps_per_epoch, started.total_steps) == (3, 6)
+    steps = recorder.of(Step)
+    assert [s.epoch for s in steps] == [1, 1, 1, 2, 2, 2] and len(micro) == 16
+    groups = [micro[0:3], micro[3:6], micro[6:8], micro[8:11], micro[11:14], micro[14:16]]
+    assert [s.loss for s in steps] == pytest.approx([sum(g) / len(g) for g in groups], rel=1e-5)

@@ -98,24 +98,31 @@ class BucketBatches(Dataset):
 
 
 def make_loader(dataset: BucketBatches, values: dict, start: int = 0) -> DataLoader:
-    """A loader over the dataset's batches in order, from batch `start` (a resumed epoch skips what was done)."""
+    """A loader over the dataset's batches in order, from batch `start` (a resumed epoch skips what was done).
+
+    Each dataset item is already a whole batch: the batch sampler hands out one index at a time and
+    `_the_batch` unwraps it (a batch sampler, not a sampler, so accelerate's `prepare_data_loader` keeps it)."""
     workers = values["max_data_loader_n_workers"]
     # Its own generator: a DataLoader otherwise draws a worker seed from the global RNG at every epoch,
     # which would shift dropout between a resumed run and an uninterrupted one. (Our batches do not
     # depend on it: each sample has its own seeded stream.)
-    return DataLoader(dataset, batch_size=None, sampler=_From(dataset, start), num_workers=workers,
+    return DataLoader(dataset, batch_sampler=_From(dataset, start), collate_fn=_the_batch, num_workers=workers,
                       persistent_workers=workers > 0 and values["persistent_data_loader_workers"] and start == 0,
                       generator=torch.Generator().manual_seed(dataset.seed))
 
 
+def _the_batch(items: list[dict]) -> dict:
+    return items[0]
+
+
 class _From:
-    """Indices start..len(dataset)-1, evaluated at each iteration (the length is fixed by the plan)."""
+    """Batches start..len(dataset)-1, one index each, evaluated at each iteration (the plan fixes the length)."""
 
     def __init__(self, dataset: Dataset, start: int):
         self.dataset, self.start = dataset, start
 
     def __iter__(self):
-        return iter(range(self.start, len(self.dataset)))
+        return ([index] for index in range(self.start, len(self.dataset)))
 
     def __len__(self) -> int:
         return max(0, len(self.dataset) - self.start)

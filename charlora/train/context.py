@@ -56,7 +56,7 @@ class ModelHashes:
 class Place:
     """Where the run happens: this process among the others, the output folder and the files' name."""
 
-    state: Any  # accelerate's PartialState
+    accelerator: Any  # accelerate's Accelerator: this process, and when gradients are accumulated enough to step
     rank: int
     world: int
     main: bool  # only the main process writes files
@@ -65,10 +65,13 @@ class Place:
 
 
 def place_run(values: dict) -> Place:
-    from accelerate import PartialState
+    from accelerate import Accelerator
 
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return Place(state, state.process_index, state.num_processes, state.is_main_process,
+    # mixed_precision "no": the run's precision is the config's (setup.choose_precision), whatever
+    # `accelerate launch --mixed_precision` says; the Accelerator only counts the accumulation
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no",
+                              gradient_accumulation_steps=values["gradient_accumulation_steps"])
+    return Place(accelerator, accelerator.process_index, accelerator.num_processes, accelerator.is_main_process,
                  ckpt.check_output_dir(values["output_dir"]), values["output_name"])
 
 
@@ -113,13 +116,13 @@ def prepare_run(values: dict, place: Place, emit: Emitter, given_pipe=None) -> R
 
     v = values
     hashes = ModelHashes(v["pretrained_model_name_or_path"]) if place.main else None
-    if place.state.device.type == "cpu" and place.world > 1:
+    if place.accelerator.device.type == "cpu" and place.world > 1:
         # several CPU processes share the cores: more threads than cores each makes every step crawl
         cores = max(1, (os.cpu_count() or 1) // place.world)
         torch.set_num_threads(max(1, min(v["num_cpu_threads_per_process"], cores)))
-    precision = setup.choose_precision(v, place.state.device, emit)
+    precision = setup.choose_precision(v, place.accelerator.device, emit)
     # a resumed run continues with the seed it was started with: data order, augmentation and noise
-    seed = ckpt.saved_seed(v["resume"]) if v["resume"] else setup.resolve_seed(v, place.state)
+    seed = ckpt.saved_seed(v["resume"]) if v["resume"] else setup.resolve_seed(v, place.accelerator)
     set_seed(seed)
 
     plan = setup.plan_dataset(v, place.world, emit)
@@ -130,7 +133,7 @@ def prepare_run(values: dict, place: Place, emit: Emitter, given_pipe=None) -> R
     noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                     num_train_timesteps=1000, clip_sample=False,
                                     prediction_type="v_prediction" if v["v_parameterization"] else "epsilon")
-    cache = setup.cache_latents(pipe, plan, v, seed, place.state, emit)
+    cache = setup.cache_latents(pipe, plan, v, seed, place.accelerator, emit)
     if cache is not None and precision.device.type == "cuda" and not v["sample_every_n_epochs"] \
             and not v["sample_every_n_steps"]:
         pipe.vae.to("cpu")  # not needed on the GPU any more: frees ~330 MB of VRAM

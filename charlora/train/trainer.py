@@ -1,7 +1,7 @@
 """The training loop: SD 1.5 LoRA training as Kohya's train_network does it.
 
 The run is built once by `context.prepare_run`; each step's loss is `step.step_loss`; this module runs the
-steps: gradient accumulation, the optimizer step, losses read back and reported, files saved on Kohya's
+steps: gradient accumulation (accelerate's `accumulate`), the optimizer step, losses read back and reported, files saved on Kohya's
 schedule, samples, stop and resume.
 
 Runs in the foreground (CLI), in a thread (GUI) or as one of several processes under
@@ -145,34 +145,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> tuple[str, str]:
-        from ..dataset import make_loader
-
-        v = self.values
-        accumulate = v["gradient_accumulation_steps"]
+        accelerator = self.place.accelerator
         recent = deque(maxlen=20)
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._stop_step, self._stop_decision = -1, False
-        full_loader = make_loader(self.ctx.dataset, v)
+        full_loader = self._loader(0)
         started = time.time()
         last_tick = started
         while self.global_step < self.ctx.total_steps and self.epoch <= self.ctx.total_epochs:
-            self.ctx.dataset.set_epoch(self.epoch)
-            loader = make_loader(self.ctx.dataset, v, self.start_batch) if self.start_batch else full_loader
+            loader = self._loader(self.start_batch) if self.start_batch else full_loader
+            loader.set_epoch(self.epoch)  # also the dataset's epoch (accelerate's loader passes it on)
             batches_done = self.start_batch
             pending = 0
             clock = PhaseClock(self.profile, self.ctx.device)
             step_loss = None
             for batch in loader:
                 clock.mark("data")
-                loss = self._forward(batch)
-                clock.mark("forward")
-                self.ctx.scaler.scale(loss / accumulate).backward()
-                clock.mark("backward")
+                # accelerate counts the micro-batches: sync_gradients is True every
+                # gradient_accumulation_steps batches and at the epoch's last batch
+                with accelerator.accumulate(self.ctx.network):
+                    loss = self._forward(batch)
+                    clock.mark("forward")
+                    self.ctx.scaler.scale(loss / accelerator.gradient_accumulation_steps).backward()
+                    clock.mark("backward")
                 batches_done += 1
                 pending += 1
                 # every micro-batch's loss is checked, not only the last one of a step
                 step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
-                if pending < accumulate and batches_done < len(self.ctx.dataset):
+                if not accelerator.sync_gradients:
                     continue
                 step_loss = step_loss / pending
                 pending = 0
@@ -206,6 +206,17 @@ class Trainer:
             self._save(ckpt.final_file(self.place.output_dir, self.place.name), self.ctx.total_epochs)
         elapsed = time.time() - started
         return "completed", f"finished {self.global_step} steps in {elapsed:.0f} s; saved {len(self.files)} file(s)"
+
+    def _loader(self, start: int):
+        """The epoch's batches from `start`, in accelerate's loader, which marks the epoch's last batch for
+        `accumulate`. num_processes=1: every process reads the whole global batch and takes its own slice
+        (step.step_loss), so all of them draw the same noise."""
+        from accelerate.data_loader import prepare_data_loader
+
+        from ..dataset import make_loader
+
+        return prepare_data_loader(make_loader(self.ctx.dataset, self.values, start), num_processes=1,
+                                   process_index=0)
 
     def _must_sync(self, batches_done: int) -> bool:
         """Read the losses back from the GPU only every LOSS_SYNC_EVERY steps (each read stalls the GPU's
