@@ -60,43 +60,72 @@ def sd15_meta_models():
 # --- the layout mapping -----------------------------------------------------------------------
 
 
-def test_layout_round_trip_is_exact(original_sd):
-    unet, vae, te = sd_layout.original_to_diffusers(original_sd)
-    back = sd_layout.diffusers_to_original(unet, vae, te)
+def test_written_layout_reads_back_exactly(original_sd, tiny_model, no_network):
+    """sd_layout writes single files (tiny and toy models); diffusers' converters read them: the weights
+    loaded from the file, written back, are the file's tensors bit for bit."""
+    pipe = load_base_model(tiny_model.single_file)
+    back = sd_layout.diffusers_to_original(*(getattr(pipe, part).state_dict() for part in PARTS))
     assert back.keys() == original_sd.keys()
     assert all(torch.equal(back[k], original_sd[k]) for k in back)
-    again = sd_layout.original_to_diffusers(back)
-    for first, second in zip((unet, vae, te), again):
-        assert first.keys() == second.keys()
-        assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_layout_agrees_with_diffusers_converters(original_sd, tiny_model):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
-
-    unet, vae, _te = sd_layout.original_to_diffusers(original_sd)
-    theirs_unet = convert_ldm_unet_checkpoint(original_sd, UNet2DConditionModel.load_config(tiny_model.folder / "unet"))
-    theirs_vae = convert_ldm_vae_checkpoint(original_sd, AutoencoderKL.load_config(tiny_model.folder / "vae"))
-    for ours, theirs in ((unet, theirs_unet), (vae, theirs_vae)):
-        assert ours.keys() == theirs.keys()
-        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-
-
-def test_diffusers_single_file_loader_agrees_with_ours(tiny_model, no_network):
+def test_the_config_folder_written_from_metadata_matches_the_model_folder(tiny_model, no_network):
     from diffusers import StableDiffusionPipeline
 
     theirs = StableDiffusionPipeline.from_single_file(
         str(tiny_model.single_file), config=str(tiny_model.folder), local_files_only=True
     )
-    _assert_same_weights(load_base_model(tiny_model.single_file), theirs)
+    ours = load_base_model(tiny_model.single_file)
+    _assert_same_weights(ours, theirs)
+    assert type(ours.scheduler) is type(theirs.scheduler) and ours.scheduler.config == theirs.scheduler.config
+    assert ours.tokenizer("a girl").input_ids == theirs.tokenizer("a girl").input_ids
 
 
-def test_unmapped_keys_are_an_error(original_sd):
-    broken = dict(original_sd)
-    broken["model.diffusion_model.input_blocks.1.7.weight"] = torch.zeros(1)
+def test_layout_writer_refuses_unmapped_keys(tiny_model):
+    pipe = load_base_model(tiny_model.single_file)
+    unet = dict(pipe.unet.state_dict(), **{"down_blocks.0.extra.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="no place"):
-        sd_layout.original_to_diffusers(broken)
+        sd_layout.diffusers_to_original(unet, pipe.vae.state_dict(), pipe.text_encoder.state_dict())
+
+
+@pytest.mark.parametrize("key, what", [
+    ("model.diffusion_model.out.2.bias", "UNet"),
+    ("model.diffusion_model.input_blocks.1.1.proj_in.weight", "UNet"),
+    ("first_stage_model.decoder.conv_out.bias", "VAE"),
+    # diffusers alone would leave this one a meta tensor and load "successfully"
+    ("cond_stage_model.transformer.text_model.final_layer_norm.bias", "text encoder"),
+])
+def test_a_missing_tensor_is_named(original_sd, tiny_model, tmp_path, no_network, key, what):
+    with safe_open(str(tiny_model.single_file), "pt") as fh:
+        metadata = fh.metadata()
+    path = tmp_path / "incomplete.safetensors"
+    save_file({k: v for k, v in original_sd.items() if k != key}, str(path), metadata=metadata)
+    with pytest.raises(ModelLoadError, match=f"the {what} weights do not fit an SD 1.5 {what} .*missing") as info:
+        load_base_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_misshaped_tensor_is_named(original_sd, tiny_model, tmp_path, no_network):
+    with safe_open(str(tiny_model.single_file), "pt") as fh:
+        metadata = fh.metadata()
+    key = "first_stage_model.decoder.conv_out.bias"
+    path = tmp_path / "misshaped.safetensors"
+    save_file(dict(original_sd, **{key: torch.zeros(7)}), str(path), metadata=metadata)
+    with pytest.raises(ModelLoadError, match=r"VAE .*wrong shape, e.g. decoder.conv_out.bias: \[7\] in the file"):
+        load_base_model(path)
+
+
+def test_ema_copies_are_left_alone(original_sd, tiny_model, tmp_path, no_network):
+    """Files with EMA weights (model_ema.*) load their regular weights, as A1111 and diffusers do."""
+    with safe_open(str(tiny_model.single_file), "pt") as fh:
+        metadata = fh.metadata()
+    ema = dict(original_sd)
+    for key, value in original_sd.items():
+        if key.startswith("model.diffusion_model."):
+            ema["model_ema." + key.removeprefix("model.diffusion_model.").replace(".", "")] = value + 1
+    path = tmp_path / "with-ema.safetensors"
+    save_file(ema, str(path), metadata=metadata)
+    _assert_same_weights(load_base_model(path), load_base_model(tiny_model.single_file))
 
 
 # --- the carried SD 1.5 configs and tokenizer -------------------------------------------------
@@ -108,7 +137,8 @@ def test_sd15_configs_give_sd15_parameter_counts(sd15_meta_models):
 
 
 def test_sd15_mapping_covers_every_key(sd15_meta_models):
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint)
 
     unet, vae, te = (model.state_dict() for model in sd15_meta_models)
     original = sd_layout.diffusers_to_original(unet, vae, te)
@@ -128,12 +158,11 @@ def test_sd15_mapping_covers_every_key(sd15_meta_models):
         "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
     }.items():
         assert tuple(original[key].shape) == shape, key
-    back = sd_layout.original_to_diffusers(original)
-    assert [set(part) for part in back] == [set(unet), set(vae), set(te)]
     # diffusers' own converters, run on our original-layout names, find every diffusers name again.
     config = dict(sd15_meta_models[0].config)
     assert set(convert_ldm_unet_checkpoint(original, config)) == set(unet)
     assert set(convert_ldm_vae_checkpoint(original, dict(sd15_meta_models[1].config))) == set(vae)
+    assert {k.removeprefix("text_model.") for k in convert_ldm_clip_checkpoint(original)} == set(te)
 
 
 def test_sd15_tokenizer_gives_the_known_ids():

@@ -5,147 +5,159 @@ Accepted sources: a single-file `.safetensors`; a legacy `.ckpt`/`.pt` (read wit
 (model_index.json); a Hugging Face Hub id such as `stable-diffusion-v1-5/stable-diffusion-v1-5`.
 
 What the file is (and the refusal of anything that is not an SD 1.5 base model) is decided first, by
-`checkpoint_file.py`; this module builds the pipeline. Single files are loaded by our own route rather
-than `StableDiffusionPipeline.from_single_file`: read the tensors once, check the architecture from the
-key names and shapes before building anything, rename with `sd_layout.original_to_diffusers`, and `load_state_dict(strict=True)` into
-models built from configs carried in the package (`sd15/`) or in the file's metadata (the tiny test
-model). Why: it needs no Hub and no cache (from_single_file looks up Hub repos unless handed a
-config folder), it reads .safetensors and .ckpt the same way, a missing or misshaped tensor is an
-error instead of a silently random weight, and every failure can name the file and say what to do.
+`checkpoint_file.py`. A single file is then checked and built by diffusers' own single-file code, the
+code A1111-to-diffusers conversions are maintained in:
+- `check_fits`: diffusers' converters run on the file's tensor *shapes* only (meta tensors: nothing is
+  read) and the result is compared with models built from the configs, so a missing or misshaped
+  tensor is an error that names it, instead of diffusers' silently random or "meta tensor" weight;
+- `StableDiffusionPipeline.from_single_file(path, config=<folder>, local_files_only=True)` builds it,
+  with the configs carried in the package (`sd15/`) or, for the tiny test model, written from the
+  file's metadata: no Hub and no cache are ever asked.
 """
 
+import contextlib
 import json
+import logging
+import tempfile
+from pathlib import Path
 
 import torch
 
 from charlora.errors import ModelLoadError
-from charlora.models import SD15_CONFIG_DIR, sd_layout  # SD15_CONFIG_DIR: bench, tests and tools import it here
+from charlora.models import SD15_CONFIG_DIR  # bench, tests and tools import it here
 from charlora.models.checkpoint_file import (PICK_SD15, clean_path, guess_architecture, looks_like_hub_id, read_header,
-                                             refusal, truncated, unquoted)
-from charlora.models.tiny import COMPONENTS_METADATA_KEY, load_tokenizer_from_files
+                                             refusal, unquoted)
+from charlora.models.tiny import COMPONENTS_METADATA_KEY
+
+# the configs' file in each component folder of a diffusers model
+_CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                 "scheduler": "scheduler_config.json"}
+
+
+# --- the configs the file is built from -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def config_folder(path, metadata):
+    """A diffusers config folder for the file: the one carried for SD 1.5, or (for a file that carries its
+    own configs in `charlora.components`, the tiny test model) a temporary one written from its metadata."""
+    if COMPONENTS_METADATA_KEY not in metadata:
+        yield SD15_CONFIG_DIR
+        return
+    try:
+        components = json.loads(metadata[COMPONENTS_METADATA_KEY])
+        configs = {name: components[name] for name in _CONFIG_FILES}
+        tokenizer_files = dict(components["tokenizer"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{path}: its '{COMPONENTS_METADATA_KEY}' metadata is damaged ({error}).") from error
+    with tempfile.TemporaryDirectory(prefix="charlora-configs-") as temporary:
+        folder = Path(temporary)
+        index = json.loads((SD15_CONFIG_DIR / "model_index.json").read_text(encoding="utf-8"))
+        index["scheduler"] = ["diffusers", configs["scheduler"].get("_class_name", index["scheduler"][1])]
+        (folder / "model_index.json").write_text(json.dumps(index), encoding="utf-8")
+        for name, config in configs.items():
+            (folder / name).mkdir()
+            (folder / name / _CONFIG_FILES[name]).write_text(json.dumps(config), encoding="utf-8")
+        (folder / "tokenizer").mkdir()
+        for name, text in tokenizer_files.items():
+            (folder / "tokenizer" / Path(name).name).write_text(text, encoding="utf-8")
+        yield folder
+
+
+# --- does the file fit the configs? -----------------------------------------------------------
+
+
+def check_fits(path, shapes, folder):
+    """Raise ModelLoadError naming the first missing or misshaped tensor of each model, before anything is
+    read: diffusers' converters applied to meta tensors of the file's shapes, against meta models built from
+    the configs. (Tensors the models do not use, such as EMA copies, are left alone, as diffusers does.)"""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    meta = {key: torch.empty(shape, dtype=torch.float16, device="meta") for key, (shape, _) in shapes.items()}
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+
+    def text_encoder_names(checkpoint):
+        converted = convert_ldm_clip_checkpoint(checkpoint)
+        if not hasattr(text_encoder, "text_model"):  # transformers >= 5.6 dropped the `text_model.` level
+            converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+        return converted
+
+    for what, model, convert in (
+        ("UNet", unet, lambda c: convert_ldm_unet_checkpoint(c, unet.config)),
+        ("VAE", vae, lambda c: convert_ldm_vae_checkpoint(c, vae.config)),
+        ("text encoder", text_encoder, text_encoder_names),
+    ):
+        try:
+            converted = convert(meta)
+        except (KeyError, IndexError, ValueError, RuntimeError) as error:  # a tensor the converter needs is absent
+            raise _misfit(path, what, [f"missing, e.g. {error}"]) from error
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+        missing = [k for k in expected if k not in converted]
+        wrong = [f"{k}: {list(converted[k].shape)} in the file, {list(shape)} expected"
+                 for k, shape in expected.items() if k in converted and tuple(converted[k].shape) != shape]
+        if missing or wrong:
+            raise _misfit(path, what, [f"{len(found)} {label}, e.g. {found[0]}"
+                                       for label, found in (("missing", missing), ("with the wrong shape", wrong))
+                                       if found])
+
+
+def _misfit(path, what, problems):
+    return ModelLoadError(f"{path}: the {what} weights do not fit an SD 1.5 {what} ({'; '.join(problems)}). "
+                          f"The file may be a different architecture or damaged. {PICK_SD15}")
 
 
 # --- building the pipeline --------------------------------------------------------------------
 
 
-def _component_configs(path, metadata):
-    """Configs of unet/vae/text_encoder/scheduler and the tokenizer: from the file, else SD 1.5's."""
-    if COMPONENTS_METADATA_KEY in metadata:
-        try:
-            components = json.loads(metadata[COMPONENTS_METADATA_KEY])
-            return components, load_tokenizer_from_files(components["tokenizer"])
-        except (ValueError, KeyError, TypeError, OSError) as error:
-            raise ModelLoadError(f"{path}: its '{COMPONENTS_METADATA_KEY}' metadata is damaged ({error}).") from error
-    from transformers import CLIPTokenizer
-
-    def read(name):
-        return json.loads((SD15_CONFIG_DIR / name).read_text(encoding="utf-8"))
-
-    configs = {
-        "unet": read("unet/config.json"),
-        "vae": read("vae/config.json"),
-        "text_encoder": read("text_encoder/config.json"),
-        "scheduler": read("scheduler/scheduler_config.json"),
-    }
-    return configs, CLIPTokenizer.from_pretrained(SD15_CONFIG_DIR / "tokenizer", local_files_only=True)
-
-
-def _load_into(model, state_dict, path, what):
-    """Strict load of a model built on the meta device; the tensors become its parameters."""
-    # transformers < 5.6 kept a `text_model.` level in CLIPTextModel's names; follow the model.
-    expected = model.state_dict()
-    if what == "text encoder" and any(k.startswith("text_model.") for k in expected):
-        state_dict = {"text_model." + k: v for k, v in state_dict.items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k}: {list(v.shape)} in the file, {list(expected[k].shape)} expected"
-        for k, v in state_dict.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong:
-        problems = [
-            f"{len(found)} {label}, e.g. {found[0]}"
-            for label, found in (("missing", missing), ("unexpected", unexpected), ("with the wrong shape", wrong))
-            if found
-        ]
-        raise ModelLoadError(
-            f"{path}: the {what} weights do not fit an SD 1.5 {what} ({'; '.join(problems)}). "
-            f"The file may be a different architecture or damaged. {PICK_SD15}"
-        )
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    left = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:
-        raise ModelLoadError(f"{path}: the {what} weights {left[:3]} are missing from the file.")
-    return model.eval()
-
-
 def _pipeline_from_single_file(path, dtype, device):
-    import diffusers
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
     kind, shapes, metadata, tensors = read_header(path)
+    del tensors  # diffusers reads the file itself (a .ckpt was only opened to check it holds no code)
     arch = guess_architecture(shapes)
     if arch != "sd1":
         raise refusal(path, arch, shapes)
-    configs, tokenizer = _component_configs(path, metadata)
-
-    # Read only the three models' tensors (skips EMA copies and scheduler buffers), cast on the way
-    # so an fp16 file costs no more than the result.
-    wanted = (sd_layout.UNET_PREFIX, sd_layout.VAE_PREFIX, "cond_stage_model.transformer.")
-    state_dict = {}
-    if kind == "safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    if key.startswith(wanted):
-                        state_dict[key] = _cast(f.get_tensor(key), dtype)
-        except Exception as error:
-            raise truncated(path, error) from error
-    else:
-        state_dict = {key: _cast(t, dtype) for key, t in tensors.items() if key.startswith(wanted)}
-    try:
-        unet_sd, vae_sd, te_sd = sd_layout.original_to_diffusers(state_dict)
-    except ValueError as error:
-        raise ModelLoadError(f"{path} is laid out like SD 1.x but does not convert: {error}. {PICK_SD15}") from error
-    del state_dict
-
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(configs["unet"])
-        vae = AutoencoderKL.from_config(configs["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"]))
-    unet = _load_into(unet, unet_sd, path, "UNet")
-    vae = _load_into(vae, vae_sd, path, "VAE")
-    text_encoder = _load_into(text_encoder, te_sd, path, "text encoder")
-
-    scheduler_class = getattr(diffusers, configs["scheduler"].get("_class_name", ""), None)
-    if scheduler_class is None or not issubclass(scheduler_class, diffusers.SchedulerMixin):
-        scheduler_class = diffusers.PNDMScheduler
-    scheduler = scheduler_class.from_config(configs["scheduler"])
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    with config_folder(path, metadata) as folder:
+        check_fits(path, shapes, folder)
+        # diffusers warns about casting "modules kept in float32" (there are none in SD 1.5) and shows a
+        # progress bar per component: noise in the user's log
+        with _quiet(diffusers_logging):
+            try:
+                pipe = StableDiffusionPipeline.from_single_file(
+                    str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
+                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            except Exception as error:  # read and checked above: what is left is unexpected
+                raise ModelLoadError(
+                    f"{path}: diffusers could not build the model from it ({type(error).__name__}: {error}). "
+                    f"The file may be damaged: download it again. {PICK_SD15}") from error
     return _to_device(pipe, device)
+
+
+@contextlib.contextmanager
+def _quiet(diffusers_logging):
+    level = diffusers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity(logging.ERROR)
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+        if bars:
+            diffusers_logging.enable_progress_bar()
 
 
 def _to_device(pipe, device):
     # Everything is built on the CPU; moving to "cpu" again only makes diffusers warn about fp16.
     return pipe if torch.device(device).type == "cpu" else pipe.to(device)
-
-
-def _cast(tensor, dtype):
-    return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
 def _check_diffusers_folder(folder):

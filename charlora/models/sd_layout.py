@@ -9,11 +9,11 @@ three prefixes:
 
 The mapping is built as a table of (diffusers prefix, original prefix) pairs from the shape of the
 model (number of blocks, layers per block, which blocks have attention), which is read from the
-keys themselves, so the same code serves the tiny test model and the real SD 1.5. The same table
-is used in both directions, which makes a round trip exact by construction.
+keys themselves, so the same code serves the tiny test model and the real SD 1.5.
 
-The facts of the mapping follow diffusers' `single_file_utils.convert_ldm_*` (original -> diffusers);
-diffusers has no converter in the other direction, hence this module.
+Only the writing direction lives here (the tiny and toy models are written as single files):
+diffusers has no converter that way. Reading is diffusers' own `single_file_utils.convert_ldm_*`
+(models/loading.py), and the tests read every file this module writes back through it.
 """
 
 import re
@@ -21,8 +21,6 @@ import re
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TE_PREFIX = "cond_stage_model.transformer.text_model."
-# Some old SD 1.x files lack the `text_model.` level (transformers < 4.20 naming).
-_TE_PREFIX_SHORT = "cond_stage_model.transformer."
 
 # --- UNet -------------------------------------------------------------------------------------
 
@@ -64,23 +62,6 @@ def _unet_shape_from_diffusers(keys):
     layers = len(_indices(keys, r"down_blocks\.0\.resnets\.(\d+)\."))
     down_attn = [_has_prefix(keys, f"down_blocks.{b}.attentions.") for b in range(num_blocks)]
     up_attn = [_has_prefix(keys, f"up_blocks.{b}.attentions.") for b in range(num_blocks)]
-    return num_blocks, layers, down_attn, up_attn
-
-
-def _unet_shape_from_original(keys):
-    inputs = _indices(keys, r"input_blocks\.(\d+)\.")
-    if not inputs:
-        raise ValueError("no UNet input_blocks keys found")
-    # The first downsampler sits right after the first block's resnets: its index is layers + 1.
-    downsamplers = [i for i in inputs if f"input_blocks.{i}.0.op.weight" in keys]
-    layers = downsamplers[0] - 1 if downsamplers else inputs[-1]
-    # Input blocks: conv_in, then per block `layers` resnets and a downsampler (none in the last).
-    num_blocks = (inputs[-1] + 1) // (layers + 1)
-    down_attn = [_has_prefix(keys, f"input_blocks.{1 + b * (layers + 1)}.1.") for b in range(num_blocks)]
-    up_attn = [
-        _has_prefix(keys, f"output_blocks.{b * (layers + 1)}.1.", but_not=f"output_blocks.{b * (layers + 1)}.1.conv.")
-        for b in range(num_blocks)
-    ]
     return num_blocks, layers, down_attn, up_attn
 
 
@@ -181,13 +162,6 @@ def _vae_shape_from_diffusers(keys):
     )
 
 
-def _vae_shape_from_original(keys):
-    return len(_indices(keys, r"encoder\.down\.(\d+)\.")), len(_indices(keys, r"encoder\.down\.0\.block\.(\d+)\."))
-
-
-# --- applying a table -------------------------------------------------------------------------
-
-
 def _rename(state_dict, pairs, what):
     """Rename every key by its longest matching prefix in `pairs` (a dict from -> to)."""
     renamed, unmapped = {}, []
@@ -213,11 +187,6 @@ def unet_to_original(unet_sd):
     return _rename(unet_sd, dict(table), "UNet")
 
 
-def unet_from_original(ldm_sd):
-    table = _unet_table(*_unet_shape_from_original(ldm_sd.keys()))
-    return _rename(ldm_sd, {o: d for d, o in table}, "UNet")
-
-
 def vae_to_original(vae_sd):
     table = _vae_table(*_vae_shape_from_diffusers(vae_sd.keys()))
     out = _rename(vae_sd, dict(table), "VAE")
@@ -225,16 +194,6 @@ def vae_to_original(vae_sd):
         if _VAE_CONV_ATTENTION.search(key) and value.ndim == 2:
             out[key] = value.reshape(*value.shape, 1, 1)
     return out
-
-
-def vae_from_original(ldm_sd):
-    table = _vae_table(*_vae_shape_from_original(ldm_sd.keys()))
-    linear = {}
-    for key, value in ldm_sd.items():
-        if _VAE_CONV_ATTENTION.search(key) and value.ndim == 4:
-            value = value.reshape(value.shape[0], value.shape[1])
-        linear[key] = value
-    return _rename(linear, {o: d for d, o in table}, "VAE")
 
 
 def diffusers_to_original(unet_sd, vae_sd, text_encoder_sd):
@@ -252,26 +211,3 @@ def diffusers_to_original(unet_sd, vae_sd, text_encoder_sd):
     for key, value in text_encoder_sd.items():
         out[TE_PREFIX + key.removeprefix("text_model.")] = value
     return out
-
-
-def original_to_diffusers(sd):
-    """One single-file SD 1.x state dict -> (unet_sd, vae_sd, text_encoder_sd) in diffusers' names.
-
-    Keys outside the three model prefixes (EMA copies `model_ema.*`, the scheduler's `betas`,
-    `alphas_cumprod`...) are ignored. Text-encoder keys come without `text_model.`, as
-    transformers >= 5.6 names them. Raises ValueError when a model key has no place in the layout.
-    """
-    unet, vae, te = {}, {}, {}
-    for key, value in sd.items():
-        if key.startswith(UNET_PREFIX):
-            unet[key[len(UNET_PREFIX):]] = value
-        elif key.startswith(VAE_PREFIX):
-            vae[key[len(VAE_PREFIX):]] = value
-        elif key.startswith(_TE_PREFIX_SHORT):
-            name = key[len(_TE_PREFIX_SHORT):].removeprefix("text_model.")
-            if name != "embeddings.position_ids":  # a buffer the model rebuilds; some files hold bad copies
-                te[name] = value
-    if not unet or not vae or not te:
-        missing = [name for name, part in (("UNet", unet), ("VAE", vae), ("text encoder", te)) if not part]
-        raise ValueError(f"no {', '.join(missing)} weights in the checkpoint")
-    return unet_from_original(unet), vae_from_original(vae), te
