@@ -14,7 +14,7 @@ from PIL import Image
 from charlora.errors import CharLoRAError
 from charlora.evaluate import (EvaluationError, GridSpec, LoraIndex, Renderer, ScoreSpec, SeedBatchSpec, build_grid,
                                plan_cells, resolve_lora, score_run, seed_batch)
-from charlora.evaluate.grid import Cell
+from charlora.evaluate.render import Cell
 from charlora.evaluate.layout import MISSING
 from charlora.params import load_config, normalize
 from charlora.train import train

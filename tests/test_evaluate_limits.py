@@ -10,7 +10,7 @@ import pytest
 
 from charlora.evaluate import EvaluationError, GridSpec, SeedBatchSpec, build_grid, seed_batch
 from charlora.evaluate.grid import plan_cells
-from charlora.evaluate.prompts import LoraIndex
+from charlora.evaluate.lora_names import LoraIndex
 
 REPO = Path(__file__).resolve().parents[1]
 

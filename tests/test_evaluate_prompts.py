@@ -1,4 +1,4 @@
-"""A1111's prompt syntax, LoRA name resolution and X/Y/Z axis values (charlora.evaluate.prompts)."""
+"""A1111's prompt syntax, LoRA name resolution and X/Y/Z axis values (charlora.evaluate: prompts, lora_names, axes)."""
 
 from pathlib import Path
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from charlora.evaluate import prompts
-from charlora.evaluate.prompts import (EvaluationError, LoraIndex, LoraTag, axis_label, kohya_epoch_aliases,
-                                       parse_axis_values, parse_prompt, prompt_sr, resolve_lora)
+from charlora.evaluate import axes
+from charlora.evaluate.axes import axis_label, parse_axis_values, prompt_sr
+from charlora.evaluate.lora_names import LoraIndex, kohya_epoch_aliases, resolve_lora
+from charlora.evaluate.prompts import EvaluationError, LoraTag, parse_prompt
 from charlora.errors import CharLoRAError
 
 USER_PROMPT = "anime, comic, cartoon, portrait of a girl <lora:wwaa-g13l-1-chk:1>, illustration, dark hair"
@@ -277,4 +278,4 @@ def test_labels_as_a1111():
     assert axis_label("checkpoint", "wwaa-000002.safetensors") == "wwaa-000002"
     assert axis_label("checkpoint", Path("/x/wwaa.v2-000004.safetensors")) == "wwaa.v2-000004"
     assert axis_label("nothing", None) == ""
-    assert set(prompts.AXIS_TITLES) == set(prompts.AXIS_KINDS)
+    assert set(axes.AXIS_TITLES) == set(axes.AXIS_KINDS)

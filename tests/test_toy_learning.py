@@ -26,7 +26,7 @@ OVERTRAINED = {"learning_rate": 1e-2, "unet_lr": 1e-2, "text_encoder_lr": 5e-3, 
 
 @pytest.fixture(scope="module")
 def toy():
-    from charlora.evaluate.grid import Renderer
+    from charlora.evaluate.render import Renderer
     from charlora.toy.embedder import toy_embedder
     from charlora.toy.model import toy_model
 

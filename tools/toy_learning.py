@@ -77,7 +77,7 @@ def main() -> int:
 
     import torch
 
-    from charlora.evaluate.grid import Renderer
+    from charlora.evaluate.render import Renderer
     from charlora.toy import experiment, world
     from charlora.toy.embedder import toy_embedder
     from charlora.toy.model import toy_model

@@ -121,7 +121,7 @@ def run_grid(args) -> int:
 
 
 def _seeds(text: str) -> list[int]:
-    from ..evaluate.prompts import parse_axis_values
+    from ..evaluate.axes import parse_axis_values
 
     return [int(s) for s in parse_axis_values("seed", text)]
 

@@ -1,8 +1,6 @@
-"""The checkpoint x CFG grid (AUTOMATIC1111's X/Y/Z plot semantics) and seed batches.
-
-The base model is loaded once, each LoRA file once (as a diffusers adapter), and each cell only
-switches adapters and weights: a cell without LoRA disables them, which gives the base model's image
-bit for bit. One fixed seed for every cell unless an axis is the seed.
+"""The checkpoint x CFG grid, with AUTOMATIC1111's X/Y/Z plot semantics: axes -> cells (`plan_cells`),
+cells -> images (render.Renderer), images -> the grid PNG with A1111's infotext (`build_grid`).
+One fixed seed for every cell unless an axis is the seed.
 """
 
 from __future__ import annotations
@@ -10,60 +8,20 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..errors import CharLoRAError
-from ..models.loading import load_base_model
 from ..params.evaluation import EVALUATION
-from ..train.sampling import SAMPLER_CHOICES, SamplePrompt, generate_samples, sampler_name
-from .layout import cell_parameters, draw_grid, grid_text_chunks, make_sheet, save_png
-from .lora_merge import MergedLoRAs
-from .prompts import (AXIS_KINDS, AXIS_TITLES, NO_LORA, RE_EXTRA_NET, EvaluationError, LoraIndex, apply_prompt_sr,
-                      axis_label, format_lora_tag, lora_tag_of, negative_lora_note, parse_axis_values, parse_prompt,
-                      rename_lora_tag, resolve_lora, strip_comments)
+from ..train.sampling import SAMPLER_CHOICES, sampler_name
+from .axes import AXIS_KINDS, AXIS_TITLES, apply_prompt_sr, axis_label, parse_axis_values
+from .layout import cell_parameters, draw_grid, grid_text_chunks, save_png
+from .lora_names import NO_LORA, LoraIndex
+from .prompts import (RE_EXTRA_NET, EvaluationError, format_lora_tag, lora_tag_of, negative_lora_note, parse_prompt,
+                      rename_lora_tag, strip_comments)
+from .render import MAX_CELLS, Cell, GenerationSettings, Renderer, check_settings, how_far, output_folder
 
 AXIS_LETTERS = ("X", "Y", "Z")
-
-
-@dataclass(kw_only=True)
-class GenerationSettings:
-    """How each image is generated (shared by grids, seed batches and scoring); defaults: params.evaluation."""
-
-    negative: str = EVALUATION["negative"].default
-    steps: int = EVALUATION["steps"].default
-    cfg: float = EVALUATION["cfg"].default
-    sampler: str = EVALUATION["sampler"].default  # Kohya's or A1111's name (train.sampling.SAMPLER_CHOICES)
-    width: int = EVALUATION["width"].default
-    height: int = EVALUATION["height"].default
-    clip_skip: int = EVALUATION["clip_skip"].default
-
-
-MAX_CELLS = 1000  # hours of rendering even on a GPU: a larger request is a typo, refused before any work
-
-
-def check_settings(settings: GenerationSettings) -> None:
-    """Refuse generation settings that cannot make a useful image, naming the value, before any work."""
-    steps, cfg = EVALUATION["steps"], EVALUATION["cfg"]
-    if not isinstance(settings.steps, int) or not steps.min <= settings.steps <= steps.max:
-        raise EvaluationError(f"steps {settings.steps!r}: use {steps.min:g} to {steps.max:g} (20-30 is usual)")
-    if not isinstance(settings.cfg, (int, float)) or not math.isfinite(settings.cfg) \
-            or not cfg.min <= settings.cfg <= cfg.max:
-        raise EvaluationError(f"CFG {settings.cfg!r}: use a number from {cfg.min:g} to {cfg.max:g} (7 is usual)")
-    for name in ("width", "height"):
-        value, side = getattr(settings, name), EVALUATION[name]
-        if not isinstance(value, int) or not side.min <= value <= side.max:
-            raise EvaluationError(f"{name} {value!r}: use {side.min:g} to {side.max:g} pixels (SD 1.5 is made for 512)")
-
-
-def _output_folder(path) -> Path:
-    out = Path(path).absolute()
-    if out.exists() and not out.is_dir():
-        raise EvaluationError(f"output folder {out} is a file; choose a folder (it is created if needed)")
-    return out
 
 
 @dataclass(kw_only=True)
@@ -80,20 +38,6 @@ class GridSpec(GenerationSettings):
     z_values: str = ""
     seed: int = EVALUATION["seed"].default
     name: str = "grid"
-
-
-@dataclass
-class Cell:
-    prompt: str  # what is encoded: comments and <lora:...> tags removed
-    negative: str  # what is encoded: comments removed (a <lora:...> tag there stays as text, as in A1111)
-    cfg: float
-    seed: int
-    steps: int
-    sampler: str
-    loras: list  # [(path, te_weight, unet_weight)]
-    labels: tuple  # (x label, y label, z label)
-    text: str = ""  # the prompt for the infotext: comments removed, <lora:...> tags where the user typed them
-    lora_names: list = field(default_factory=list)  # the infotext's name of each LoRA (one A1111 finds it by)
 
 
 @dataclass
@@ -311,79 +255,13 @@ def files_used(grids: list[list[list[Cell]]]) -> list[str]:
     return ["cell " + " / ".join(label for label in c.labels if label) + f" -> {used(c)}" for c in cells]
 
 
-class Renderer:
-    """A base model with LoRA files loaded on demand, once each; renders one cell at a time."""
-
-    def __init__(self, base_model: str, device: str | None = None, clip_skip: int = EVALUATION["clip_skip"].default):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.pipe = load_base_model(base_model, dtype=dtype, device=self.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.clip_skip = clip_skip
-        self.adapters: dict[tuple, str] = {}
-        self.merged = MergedLoRAs(self.pipe)
-
-    def _adapter(self, path: Path) -> str:
-        try:
-            stat = path.stat()
-        except OSError as exc:  # moved (e.g. archived by Keep) after the grid was planned
-            raise CharLoRAError(f"LoRA file {path} cannot be read ({exc.strerror or exc}): was it moved or "
-                                "archived? Choose it again") from None
-        key = (path.resolve(), stat.st_mtime_ns, stat.st_size)  # a retrained file of the same name is new
-        if key not in self.adapters:
-            _check_finite(path)
-            self.merged.restore()  # peft adds the new adapter to unmerged layers
-            name = f"lora{len(self.adapters)}"  # peft adapter names must be plain identifiers
-            try:
-                with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
-                    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                    self.pipe.load_lora_weights(str(path), adapter_name=name)
-            except Exception as exc:
-                raise CharLoRAError(f"{path} could not be loaded as a LoRA ({exc})") from exc
-            self.adapters[key] = name
-        return self.adapters[key]
-
-    def render(self, cell: Cell, width: int, height: int):
-        if cell.loras:
-            names = [self._adapter(Path(p)) for p, _, _ in cell.loras]
-            key = tuple((name, t, u) for name, (_, t, u) in zip(names, cell.loras))
-            if self.merged.merged != key:
-                self.merged.restore()
-                self.pipe.enable_lora()
-                self.pipe.set_adapters(names, adapter_weights=[{"unet": u, "text_encoder": t}
-                                                               for _, t, u in cell.loras])
-                self.merged.merge(key, names)  # A1111's way: merged into the weights, a step costs no more
-        elif self.adapters:
-            self.merged.restore()
-            self.pipe.disable_lora()  # the base model, exactly
-        sample = SamplePrompt(cell.prompt, cell.negative, width, height, cell.steps, cell.cfg, cell.seed,
-                              sampler=cell.sampler)
-        return generate_samples(self.pipe, [sample], cell.sampler, self.device, clip_skip=self.clip_skip)[0]
-
-
-def _check_finite(path: Path) -> None:
-    """A LoRA holding NaN or inf (a diverged run) renders black images: name the file instead."""
-    from safetensors import safe_open
-
-    try:
-        handle = safe_open(str(path), framework="pt")
-    except Exception:
-        return  # not a safetensors file: load_lora_weights below says what is wrong
-    with handle:
-        for key in handle.keys():
-            if not bool(torch.isfinite(handle.get_tensor(key)).all()):
-                raise CharLoRAError(f"{path.name} holds NaN or infinite values in {key} (its images would come "
-                                    "out black): the run diverged at or before this file; use an earlier file, "
-                                    "or train again with a lower learning rate")
-
-
 def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, stop=None) -> GridResult:
     """Render every cell and save the grid PNG(s) and each cell with its parameters.
 
     `progress(done, total, image)` is called after each cell; `stop()` returning True ends early: the
     grid is still laid out whole, the cells not rendered in grey, and `message` says how far it got."""
     check_settings(spec)
-    out = _output_folder(spec.output_dir)
+    out = output_folder(spec.output_dir)
     index = LoraIndex(spec.lora_folder)
     grids, warnings, labels = plan_cells(spec, index)
     renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
@@ -429,16 +307,12 @@ def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, 
                                          "steps": str(spec.steps), "sampler": sampler_name(spec.sampler),
                                          "warnings": json.dumps(warnings),
                                          "charlora.files": json.dumps(result.files_used),
-                                         **({"charlora.stopped": _how_far(result)} if result.stopped else {})})
+                                         **({"charlora.stopped": how_far(result)} if result.stopped else {})})
         path = out / (f"{spec.name}-{stamp}" + (f"-z{z}" if len(grids) > 1 else "") + ".png")
         save_png(grid, path, chunks)
         result.grids.append(str(path))
-    result.message = _how_far(result)
+    result.message = how_far(result)
     return result
-
-
-def _how_far(result) -> str:
-    return f"stopped after {result.done} of {result.total} images" if result.stopped else f"{result.total} images"
 
 
 def _hash(path, cache: dict) -> str:
@@ -450,92 +324,9 @@ def _hash(path, cache: dict) -> str:
     return cache[path]
 
 
-@dataclass(kw_only=True)
-class SeedBatchSpec(GenerationSettings):
-    """One checkpoint over several seeds, as one sheet: does the character hold?"""
-
-    base_model: str
-    prompt: str  # its <lora:...> tags are removed: the batch renders with `lora` alone
-    seeds: list
-    output: str  # the sheet's PNG file
-    lora: str = ""  # a path, a file name, or a name as the grid lists it (NAME-000002, NAME-2, NAME); "": none
-    lora_folder: str = "."  # where a name is looked up (and a relative path, first)
-    weight: float = EVALUATION["weight"].default
-    columns: int = 4
-
-
-@dataclass
-class SeedBatchResult:
-    sheet: str | None  # full path of the sheet PNG; None when stopped before the first image
-    images: list  # the PIL images, in seed order
-    seeds: list  # the seeds rendered
-    lora: str | None  # full path of the LoRA file used; None: the base model
-    stopped: bool = False
-    done: int = 0
-    total: int = 0
-    message: str = ""  # "8 images" or "stopped after 3 of 8 images"
-
-    @property
-    def files(self) -> list:
-        """Every file written."""
-        return [self.sheet] if self.sheet else []
-
-
-def seed_batch(spec: SeedBatchSpec, renderer: Renderer | None = None, progress=None, stop=None) -> SeedBatchResult:
-    """Render `spec.lora` over every seed and save the sheet. `progress(done, total, image)` is called
-    after each image; `stop()` returning True ends after the current image, keeping what was made."""
-    if not spec.seeds:
-        raise EvaluationError("a seed batch needs at least one seed (e.g. 1-8 or 3,5,7)")
-    check_settings(spec)
-    if len(spec.seeds) > MAX_CELLS:
-        raise EvaluationError(f"{len(spec.seeds):,} seeds: at most {MAX_CELLS:,} in one batch")
-    _output_folder(Path(spec.output).parent)
-    lora = resolve_lora(spec.lora, spec.lora_folder)
-    sampler = sampler_name(spec.sampler)
-    clean = parse_prompt(strip_comments(spec.prompt))[0].strip()  # the batch renders `lora` alone
-    negative = strip_comments(spec.negative).strip()  # a <lora:...> tag there stays text, as in A1111
-    renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
-    loras = [(lora, spec.weight, spec.weight)] if lora is not None else []
-    total = len(spec.seeds)
-    result = SeedBatchResult(sheet=None, images=[], seeds=[], lora=str(lora.absolute()) if lora else None,
-                             total=total)
-    for seed in spec.seeds:
-        if stop is not None and stop():
-            result.stopped = True
-            break
-        cell = Cell(clean, negative, spec.cfg, int(seed), spec.steps, sampler, loras, ("", "", ""))
-        image = renderer.render(cell, spec.width, spec.height)
-        result.images.append(image)
-        result.seeds.append(int(seed))
-        result.done += 1
-        if progress is not None:
-            progress(result.done, total, image)
-    result.message = _how_far(result)
-    if result.images:
-        sheet = make_sheet(result.images, [f"Seed: {s}" for s in result.seeds], spec.columns)
-        output = Path(spec.output).absolute()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        save_png(sheet, output, {"charlora.seeds": json.dumps(result.seeds), "prompt": spec.prompt,
-                                 "lora": lora.name if lora else "none", "sampler": sampler,
-                                 **({"charlora.stopped": result.message} if result.stopped else {})})
-        result.sheet = str(output)
-    return result
-
-
 def cells_count(spec: GridSpec) -> int:
     index = LoraIndex(spec.lora_folder)
     grids, _, _ = plan_cells(spec, index)
     return sum(len(row) for rows in grids for row in rows)
 
 
-_SHARED: dict = {}
-
-
-def shared_renderer(base_model: str, clip_skip: int = EVALUATION["clip_skip"].default) -> Renderer:
-    """One renderer per process for the GUI: the base model stays loaded between grids, seed batches and
-    scores, and is replaced (its memory freed) when another base model is asked for."""
-    key = (base_model, clip_skip)
-    if _SHARED.get("key") != key:
-        _SHARED.clear()
-        _SHARED.update(key=key, renderer=Renderer(base_model, clip_skip=clip_skip))
-    return _SHARED["renderer"]

@@ -22,7 +22,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..errors import CharLoRAError
 from ..fileio import atomic_path
-from .prompts import AXIS_TITLES, EvaluationError, axis_label, format_lora_tag, parse_prompt
+from .axes import AXIS_TITLES, axis_label
+from .prompts import EvaluationError, format_lora_tag, parse_prompt
 
 TEXT = (0, 0, 0)
 MISSING = (128, 128, 128)  # a cell not rendered (failed, or the grid was stopped first)

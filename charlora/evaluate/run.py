@@ -20,10 +20,10 @@ from ..fileio import atomic_write_text
 from ..params import PARAMS_BY_KEY
 from ..params.evaluation import EVALUATION
 from ..train.sampling import sampler_name
-from .grid import Cell, GenerationSettings, Renderer, check_settings
+from .embedders import scorer_for
 from .keep import run_files
 from .prompts import parse_prompt, strip_comments
-from .embedders import scorer_for
+from .render import Cell, GenerationSettings, Renderer, check_settings
 from .score import BASELINE_NAME, score_images, score_report
 
 

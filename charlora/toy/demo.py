@@ -64,7 +64,7 @@ def toy_settings(extra: dict | None = None) -> list[str]:
 def run_demo(out_dir, say=print, epochs: int | None = None, seed: int = 0) -> DemoResult:
     """Run the story into `out_dir` (created; must be empty or new). `say(text)` reports each step."""
     from ..evaluate import GridSpec, ScoreSpec, SeedBatchSpec, build_grid, keep_checkpoint, score_run, seed_batch
-    from ..evaluate.grid import shared_renderer
+    from ..evaluate.render import shared_renderer
     from ..params import load_config
     from ..presets import find_preset
     from ..train import train

@@ -97,7 +97,7 @@ def world_scenes(count: int, seed: int = 100) -> list[world.Scene]:
 def world_recognition(base_model, embedder, lora=None, count: int = 24, seed: int = 100, renderer=None) -> dict:
     """Draw `count` world scenes from their captions (with `lora` at weight 1, or none) and ask the toy
     scorer what each shows. Returns {"shape_colour": rate, "background": rate, "images": [...]}."""
-    from ..evaluate.grid import Cell, Renderer
+    from ..evaluate.render import Cell, Renderer
 
     renderer = renderer or Renderer(str(base_model))
     scenes = world_scenes(count, seed)

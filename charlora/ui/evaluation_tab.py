@@ -12,8 +12,8 @@ from pathlib import Path
 from ..errors import CharLoRAError, ConfigError
 from ..evaluate import (GridSpec, ScoreSpec, SeedBatchSpec, build_grid, current_evaluation,
                         keep_checkpoint, resolve_lora, run_files, score_run, seed_batch)
-from ..evaluate.grid import shared_renderer
-from ..evaluate.prompts import AXIS_KINDS, AXIS_TITLES, parse_axis_values
+from ..evaluate.render import shared_renderer
+from ..evaluate.axes import AXIS_KINDS, AXIS_TITLES, parse_axis_values
 from ..params.evaluation import EVALUATION as E
 from ..train.sampling import SAMPLER_CHOICES
 from ..train import current_job
