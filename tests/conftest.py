@@ -27,6 +27,13 @@ def tiny_model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    from charlora.models.tiny_sdxl import make_tiny_sdxl_model
+
+    return make_tiny_sdxl_model(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
 def _is_loopback(address):
     if isinstance(address, (str, bytes)):
         return True  # AF_UNIX socket path: local by definition

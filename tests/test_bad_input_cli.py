@@ -238,7 +238,7 @@ CASES = [
     ("config not text", config_file(b"\xff\xfe\x00binary"), ["bad.json", "not a text file"]),
     ("config missing", lambda tmp: ["config", "check", tmp / "nothere.json"], ["nothere.json", "no such file"]),
     ("config value not a number", config_with(network_dim="abc"), ["network_dim", "'abc'"]),
-    ("config SDXL", config_with(sdxl=True), ["sdxl", "SDXL"]),
+    ("config SD 2.x", config_with(v2=True), ["v2", "2.x"]),
     ("--set unknown key", config_file(b"{}", "ok.json", "--set", "netwrk_dim=4"), ["netwrk_dim", "unknown key"]),
     ("resume not a state", train_with(train_data_dir="img", resume="img"), ["resume", "not a CharLoRA training state"]),
     ("train_data_dir missing", train_with(train_data_dir="no-such-images"), ["train_data_dir", "no-such-images"]),

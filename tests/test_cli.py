@@ -46,12 +46,12 @@ def test_config_check_set_overrides():
 
 def test_config_check_bad_file_exits_2_with_every_problem(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"network_dim": "abc", "sdxl": True, "mystery": 1}))
+    bad.write_text(json.dumps({"network_dim": "abc", "v2": True, "mystery": 1}))
     result = run("config", "check", bad)
     assert result.returncode == 2
     assert result.stdout == ""
     assert "network_dim" in result.stderr and "'abc'" in result.stderr
-    assert "sdxl" in result.stderr and "SDXL" in result.stderr
+    assert "v2" in result.stderr and "2.x" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -99,7 +99,7 @@ def test_ignored_key_with_a_value_warns(tmp_path):
 
 def test_every_bad_key_is_reported_at_once(tmp_path):
     bad = {"network_dim": "abc", "enable_bucket": "maybe", "max_resolution": "huge", "LoRA_type": "LyCORIS/LoHa",
-           "sdxl": True, "optimizer": "DAdaptAdam", "learning_rate": "1e400",
+           "v2": True, "optimizer": "DAdaptAdam", "learning_rate": "1e400",
            "epoch": 10**30, "clip_skip": [1], "output_name": {"a": 1}}
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, bad))

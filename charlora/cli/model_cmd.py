@@ -1,4 +1,5 @@
-"""`make-tiny-model DIR`: the tiny random-weight SD 1.5-shaped model every test and the demo use.
+"""`make-tiny-model DIR [--sdxl]`: the tiny random-weight SD 1.5- (or SDXL-) shaped model the tests and the
+demo use.
 `make-toy-model DIR`: a tiny SD 1.5-family model trained on the toy world (minutes on a CPU)."""
 
 from __future__ import annotations
@@ -6,10 +7,11 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     tiny = subparsers.add_parser(
-        "make-tiny-model", help="write a tiny random-weight SD 1.5-shaped model (offline, seconds)",
-        description="Write a tiny SD 1.5-shaped model with random weights: a diffusers folder and a "
-                    "single-file .safetensors in the original SD layout. No download.")
+        "make-tiny-model", help="write a tiny random-weight SD 1.5- or SDXL-shaped model (offline, seconds)",
+        description="Write a tiny SD 1.5-shaped (or, with --sdxl, SDXL-shaped) model with random weights: a "
+                    "diffusers folder and a single-file .safetensors in the original layout. No download.")
     tiny.add_argument("dir", help="output folder")
+    tiny.add_argument("--sdxl", action="store_true", help="SDXL's structure (two text encoders, size conditioning)")
     tiny.add_argument("--seed", type=int, default=0, help="weights are a function of this seed (default 0)")
     tiny.set_defaults(handler=run_make_tiny)
 
@@ -30,8 +32,9 @@ def register(subparsers) -> None:
 
 def run_make_tiny(args) -> int:
     from ..models.tiny import make_tiny_model
+    from ..models.tiny_sdxl import make_tiny_sdxl_model
 
-    model = make_tiny_model(args.dir, seed=args.seed)
+    model = (make_tiny_sdxl_model if args.sdxl else make_tiny_model)(args.dir, seed=args.seed)
     print(f"diffusers folder: {model.folder}")
     print(f"single file:      {model.single_file}")
     return 0

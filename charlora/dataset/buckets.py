@@ -123,3 +123,27 @@ def resize_and_crop(image: Image.Image, choice: BucketChoice, crop_offset: Size 
     left, top = crop_offset if crop_offset is not None else (trim_w // 2, trim_h // 2)
     left, top = min(max(left, 0), max(trim_w, 0)), min(max(top, 0), max(trim_h, 0))
     return image.crop((left, top, left + choice.bucket[0], top + choice.bucket[1]))
+
+
+def sdxl_size_conditioning(original: Size, choice: BucketChoice, flipped: bool, bucketed: bool = True) -> tuple:
+    """SDXL's six size numbers for one training image, as sd-scripts computes them: (original height,
+    original width, crop top, crop left, target height, target width).
+
+    The crop is sd-scripts' `BucketManager.get_crop_ltrb`: where the image would sit if fitted *inside* the
+    bucket (letterboxed), not where it was really cut (kohya-ss/sd-scripts#1443); kept as Kohya computes it so
+    a run means the same in both. A flipped image's left is the bucket width minus that right edge. Without
+    buckets Kohya uses a crop of (0, 0)."""
+    width, height = choice.bucket
+    if bucketed:
+        bucket_ratio, image_ratio = width / height, original[0] / original[1]
+        if bucket_ratio > image_ratio:
+            fitted_w, fitted_h = height * image_ratio, height
+        else:
+            fitted_w, fitted_h = width, width / image_ratio
+        left, top = (width - fitted_w) // 2, (height - fitted_h) // 2
+        right = left + fitted_w
+    else:
+        left = top = right = 0
+    if flipped:
+        left = width - right
+    return int(original[1]), int(original[0]), int(top), int(left), int(height), int(width)

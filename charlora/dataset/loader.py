@@ -17,7 +17,7 @@ from PIL import ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import color_augment, random_crop_offset
-from .buckets import resize_and_crop
+from .buckets import resize_and_crop, sdxl_size_conditioning
 from .cache import LatentCache, image_to_tensor
 from .captions import process_caption, sample_rng
 from .images import load_rgb
@@ -72,7 +72,7 @@ class BucketBatches(Dataset):
     def __getitem__(self, index: int) -> dict:
         epoch = int(self._epoch[0])
         batch = self._batches_for(epoch)[index]
-        captions, weights, paths, tensors = [], [], [], []
+        captions, weights, paths, tensors, sizes = [], [], [], [], []
         for position, sample_index in enumerate(batch):
             sample = self.plan.samples[sample_index]
             rng = sample_rng(self.seed, epoch, index, f"{position}")
@@ -80,6 +80,9 @@ class BucketBatches(Dataset):
             weights.append(self.prior_loss_weight if sample.is_reg else 1.0)
             paths.append(str(sample.item.path))
             flip = self.values["flip_aug"] and rng.random() < 0.5
+            if self.values["sdxl"]:
+                sizes.append(sdxl_size_conditioning(sample.item.size, sample.choice, flip,
+                                                    self.values["enable_bucket"]))
             if self.cache is not None:
                 entry = self.cache.get(sample)
                 tensors.append(entry.flipped if flip else entry.latent)
@@ -93,8 +96,11 @@ class BucketBatches(Dataset):
                     image = ImageOps.mirror(image)
                 tensors.append(image_to_tensor(image))
         key = "latents" if self.cache is not None else "pixels"
-        return {key: torch.stack(tensors), "captions": captions, "loss_weights": torch.tensor(weights),
-                "paths": paths, "bucket": self.plan.samples[batch[0]].choice.bucket}
+        out = {key: torch.stack(tensors), "captions": captions, "loss_weights": torch.tensor(weights),
+               "paths": paths, "bucket": self.plan.samples[batch[0]].choice.bucket}
+        if sizes:  # SDXL: (original h, w, crop top, left, target h, w) per image
+            out["time_ids"] = torch.tensor(sizes, dtype=torch.float32)
+        return out
 
 
 def make_loader(dataset: BucketBatches, values: dict, start: int = 0) -> DataLoader:

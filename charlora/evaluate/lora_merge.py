@@ -25,8 +25,10 @@ class MergedLoRAs:
     def layers(self) -> list:
         from peft.tuners.tuners_utils import BaseTunerLayer  # imported when a LoRA is first used
 
+        from ..models import family_of
+
         found = []
-        for model in (self.pipe.unet, self.pipe.text_encoder):
+        for model in [self.pipe.unet] + [getattr(self.pipe, name) for name in family_of(self.pipe).text_encoders]:
             found += [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
         return found
 

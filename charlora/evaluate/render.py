@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CharLoRAError
+from ..models import family_of
 from ..models.loading import load_base_model
 from ..params.evaluation import EVALUATION
 from ..train.sampling import SamplePrompt, generate_samples
@@ -110,7 +111,8 @@ class Renderer:
             if self.merged.merged != key:
                 self.merged.restore()
                 self.pipe.enable_lora()
-                self.pipe.set_adapters(names, adapter_weights=[{"unet": u, "text_encoder": t}
+                encoders = family_of(self.pipe).text_encoders  # A1111's te= weight applies to both of SDXL's
+                self.pipe.set_adapters(names, adapter_weights=[{"unet": u, **{name: t for name in encoders}}
                                                                for _, t, u in cell.loras])
                 self.merged.merge(key, names)  # A1111's way: merged into the weights, a step costs no more
         elif self.adapters:

@@ -8,10 +8,12 @@ import re
 
 import torch
 
-from .kohya_file import LoRAFileError, classify, load_lora_weights, read_header
-from .targets import TE_PREFIX, UNET_PREFIX
+from .kohya_file import LoRAFileError, classify, load_lora_weights, lora_family, read_header
+from .targets import TE_PREFIXES, UNET_PREFIX
 
-_BLOCK = re.compile(r"^lora_unet_(down_blocks_\d+|up_blocks_\d+|mid_block)|^lora_te_text_model_encoder_layers_(\d+)_")
+# SD 1.5's UNet blocks in diffusers' names, SDXL's in the original ones (as Kohya names each)
+_BLOCK = re.compile(r"^lora_unet_(down_blocks_\d+|up_blocks_\d+|mid_block|input_blocks_\d+|middle_block_\d+|"
+                    r"output_blocks_\d+)|^lora_te(1|2)?_text_model_encoder_layers_(\d+)_")
 
 
 def block_of(name: str) -> str:
@@ -20,7 +22,8 @@ def block_of(name: str) -> str:
         return "other"
     if match.group(1):
         return "unet " + re.sub(r"_(\d+)$", r".\1", match.group(1))
-    return f"text encoder layer {int(match.group(2)):02d}"
+    encoder = f"text encoder {match.group(2)}" if match.group(2) else "text encoder"
+    return f"{encoder} layer {int(match.group(3)):02d}"
 
 
 def inspect_lora(path) -> dict:
@@ -29,7 +32,8 @@ def inspect_lora(path) -> dict:
     kind, explanation = classify(header)
     if kind != "lora":
         raise LoRAFileError(f"{header.path} is {explanation}")
-    _, weights = load_lora_weights(path)
+    family = lora_family(header)
+    _, weights = load_lora_weights(path, family)
     # NaN/inf weights load without complaint but render black images: a damaged file, named per tensor
     non_finite = [f"{name}.{part}" for name, (down, up, alpha) in sorted(weights.items())
                   for part, tensor in (("lora_down.weight", down), ("lora_up.weight", up),
@@ -43,8 +47,8 @@ def inspect_lora(path) -> dict:
         block = block_of(name)
         norms[block] = norms.get(block, 0.0) + float(torch.linalg.matrix_norm(delta) ** 2)
     meta = header.metadata
-    version = meta.get("ss_base_model_version") or ("sd_v1 (from key names)" if any(
-        n.startswith(TE_PREFIX) for n in weights) or weights else "unknown")
+    version = meta.get("ss_base_model_version") or (
+        f"{'sdxl_base_v1-0' if family == 'sdxl' else 'sd_v1'} (from key names)" if weights else "unknown")
     if non_finite:
         verdict = (f"damaged: {len(non_finite)} tensor(s) hold NaN or infinite values (images made with it come "
                    "out black); use an earlier file of the run, or train again with a lower learning rate")
@@ -60,7 +64,7 @@ def inspect_lora(path) -> dict:
         "alpha": alphas[0] if len(alphas) == 1 else alphas,
         "scale": alphas[0] / ranks[0] if len(ranks) == len(alphas) == 1 else None,
         "modules": {"unet": sum(n.startswith(UNET_PREFIX) for n in weights),
-                    "text_encoder": sum(n.startswith(TE_PREFIX) for n in weights)},
+                    "text_encoder": sum(n.startswith(TE_PREFIXES) for n in weights)},
         "precision": sorted(set(header.dtypes.values())),
         "alpha_written": all(f"{n}.alpha" in header.shapes for n in weights),
         "block_weight_norms": {b: math.sqrt(v) for b, v in sorted(norms.items())},

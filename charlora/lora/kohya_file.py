@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from ..errors import CharLoRAError
 from ..fileio import atomic_path, disk_full_message, is_disk_full
 from .metadata import addnet_hashes
-from .targets import TE_PREFIX, UNET_PREFIX
+from .targets import TE_PREFIXES, UNET_PREFIX
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -153,18 +153,16 @@ def _shape_problem(lora: LoRAFile, name: str) -> str | None:
 
 
 def classify(lora: LoRAFile) -> tuple[str, str]:
-    """(kind, explanation): kind is "lora" for a Standard SD 1.x LoRA we can load, else what it is."""
+    """(kind, explanation): kind is "lora" for a Standard LoRA we can load (SD 1.x or SDXL), else what it is."""
     keys = list(lora.shapes)
     if any(".hada_" in k for k in keys):
         return "loha", "a LyCORIS LoHa file (Hadamard product), not a Standard LoRA"
     if any(".lokr_" in k for k in keys):
         return "lokr", "a LyCORIS LoKr file (Kronecker product), not a Standard LoRA"
-    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys):
-        return "sdxl", "an SDXL LoRA (text encoders lora_te1_/lora_te2_); CharLoRA works with SD 1.5"
     if any(".lora_A." in k or ".lora_B." in k for k in keys):
         return "peft", ("a diffusers/PEFT-format LoRA (lora_A/lora_B names), which ComfyUI does not load; "
                         "CharLoRA reads and writes Kohya's format")
-    downs = [k for k in keys if k.endswith(".lora_down.weight") and k.startswith((UNET_PREFIX, TE_PREFIX))]
+    downs = [k for k in keys if k.endswith(".lora_down.weight") and k.startswith((UNET_PREFIX,) + TE_PREFIXES)]
     if not downs:
         if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")) for k in keys):
             return "checkpoint", "a full Stable Diffusion checkpoint, not a LoRA (it belongs in the base model field)"
@@ -174,14 +172,31 @@ def classify(lora: LoRAFile) -> tuple[str, str]:
     return "lora", "a Standard LoRA"
 
 
-def load_lora_weights(path: str | Path) -> tuple[LoRAFile, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
-    """Read a Standard LoRA (ours or Kohya's sd-scripts') as {name: (down, up, alpha)}, fp32.
-    A missing alpha means alpha = rank (scale 1), as A1111 and Kohya treat old files."""
+def lora_family(lora: LoRAFile) -> str:
+    """"sdxl" for an SDXL LoRA (text encoders lora_te1_/lora_te2_, or the UNet's original input_blocks names),
+    else "sd1"."""
+    names = lora.module_names
+    if any(n.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks_", "lora_unet_output_blocks_",
+                         "lora_unet_middle_block_")) for n in names):
+        return "sdxl"
+    return "sd1"
+
+
+def load_lora_weights(path: str | Path, family: str = "sd1"
+                      ) -> tuple[LoRAFile, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
+    """Read a Standard LoRA (ours or Kohya's sd-scripts') of the given family ("sd1" or "sdxl") as
+    {name: (down, up, alpha)}, fp32. A missing alpha means alpha = rank (scale 1), as A1111 and Kohya treat
+    old files."""
     lora = read_header(path)
     kind, explanation = classify(lora)
     if kind != "lora":
         raise LoRAFileError(f"{lora.path} is {explanation}. CharLoRA loads Standard LoRA files "
-                            "(lora_unet_*/lora_te_* with lora_down, lora_up, alpha).")
+                            "(lora_unet_*/lora_te_*/lora_te1_*/lora_te2_* with lora_down, lora_up, alpha).")
+    found = lora_family(lora)
+    if found != family:
+        names = {"sd1": "SD 1.5", "sdxl": "SDXL"}
+        raise LoRAFileError(f"{lora.path} is an {names[found]} LoRA (e.g. {lora.module_names[0]}), but this base "
+                            f"model is {names[family]}: use a LoRA trained on an {names[family]} model")
     for name in lora.module_names:
         problem = _shape_problem(lora, name)
         if problem:

@@ -173,7 +173,7 @@ def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
     if not run.optimizer:
         raise ValueError("RunInfo.optimizer is empty: pass build_optimizer's description of the optimizer that runs")
     width, height = (int(v) for v in values["max_resolution"].split(","))
-    v_pred = values["v_parameterization"]
+    v_pred, sdxl = values["v_parameterization"], values["sdxl"]
     saved_at = time.time()  # per save, as sd-scripts' save_model (ss_training_finished_at, modelspec.date)
     meta = {f"ss_{key}": _s(values[key]) for key in SS_KEYS}
     meta.update({f"ss_{key}": _none_when_off(values[key]) for key in NONE_WHEN_OFF})
@@ -194,7 +194,7 @@ def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
         "ss_max_token_length": "None" if values["max_token_length"] == 75 else _s(values["max_token_length"]),
         "ss_network_module": "networks.lora",
         "ss_v2": "False",
-        "ss_base_model_version": "sd_v1_v" if v_pred else "sd_v1",
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1_v" if v_pred else "sd_v1",
         "ss_seed": _s(run.seed),
         "ss_sd_scripts_commit_hash": IMPLEMENTATION,
         "ss_optimizer": run.optimizer,
@@ -209,8 +209,9 @@ def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
         "ss_steps": _s(run.steps),
         "ss_epoch": _s(run.epoch),
         "modelspec.sai_model_spec": SAI_MODEL_SPEC,
-        "modelspec.architecture": "stable-diffusion-v1/lora",
-        "modelspec.implementation": "diffusers",
+        # sd-scripts' sai_model_spec.py: SDXL LoRAs name Stability's implementation, SD 1.5 ones diffusers
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora" if sdxl else "stable-diffusion-v1/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if sdxl else "diffusers",
         "modelspec.implementation_version": IMPLEMENTATION,
         "modelspec.title": values["output_name"] or f"LoRA@{saved_at}",
         "modelspec.resolution": f"{width}x{height}",

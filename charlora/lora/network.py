@@ -16,7 +16,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..errors import CharLoRAError
-from .targets import kohya_name, text_encoder_targets, unet_targets
+from .targets import kohya_names
 
 ADAPTER = "default"
 
@@ -56,31 +56,38 @@ class LoRASettings:
 class LoRANetwork:
     """The LoRA layers injected into a UNet and/or text encoder, addressed by Kohya name."""
 
-    def __init__(self, unet: nn.Module | None, text_encoder: nn.Module | None, settings: LoRASettings):
+    def __init__(self, unet: nn.Module | None, text_encoder: nn.Module | None, settings: LoRASettings,
+                 text_encoder_2: nn.Module | None = None):
+        """`text_encoder_2`: SDXL's second text encoder (its two encoders are then parts "te1" and "te2")."""
         self.unet = unet
         self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
         self.settings = settings
         self.layers: dict[str, tuple[str, LoraLayer]] = {}  # kohya name -> (part, peft layer)
-        for part, model, targets in (("unet", unet, unet_targets), ("te", text_encoder, text_encoder_targets)):
-            if model is None:
-                continue
-            paths = targets(model)
+        names = kohya_names(unet, text_encoder, text_encoder_2)
+        models = {"unet": unet, "te": text_encoder, "te1": text_encoder, "te2": text_encoder_2}
+        for part in dict.fromkeys(part for part, _ in names.values()):
+            model = models[part]
+            paths = [path for name, (p, path) in names.items() if p == part]
             config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                                 target_modules=paths, init_lora_weights=True)
             inject_adapter_in_model(config, model, adapter_name=ADAPTER)
             modules = dict(model.named_modules())
-            for path in paths:
+            for name, (p, path) in names.items():
+                if p != part:
+                    continue
                 layer = modules[path]
                 if not isinstance(layer, LoraLayer):
                     raise RuntimeError(f"peft did not wrap {path}")
-                self.layers[kohya_name(path, part)] = (part, layer)
+                self.layers[name] = (part, layer)
         self.to_dtype(torch.float32)
 
     @classmethod
-    def attach(cls, unet, text_encoder, settings: LoRASettings) -> "LoRANetwork":
+    def attach(cls, unet, text_encoder, settings: LoRASettings, text_encoder_2=None) -> "LoRANetwork":
         """Attach to the parts that are trained (Kohya creates no text-encoder modules for UNet-only runs)."""
-        return cls(unet if settings.train_unet else None, text_encoder if settings.train_text_encoder else None,
-                   settings)
+        train_te = settings.train_text_encoder
+        return cls(unet if settings.train_unet else None, text_encoder if train_te else None, settings,
+                   text_encoder_2 if train_te else None)
 
     def to_dtype(self, dtype: torch.dtype) -> None:
         """LoRA weights train in fp32 even when the base model runs in fp16 (unless full_fp16/bf16)."""
@@ -89,9 +96,10 @@ class LoRANetwork:
                 module.to(dtype=dtype)
 
     def parameters(self, part: str | None = None) -> list[nn.Parameter]:
+        """All LoRA parameters, or those of one part: "unet", or "te" for every text encoder's."""
         params = []
         for layer_part, layer in self.layers.values():
-            if part is None or layer_part == part:
+            if part is None or layer_part == part or (part == "te" and layer_part.startswith("te")):
                 params += [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight]
         return params
 

@@ -6,6 +6,12 @@ x 12 = 192 modules), and in the text encoder q/k/v/out_proj, fc1 and fc2 of ever
 A module's Kohya name is a prefix plus its path with "." replaced by "_":
 `lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`,
 `lora_te_text_model_encoder_layers_0_self_attn_q_proj`.
+
+SDXL (sd-scripts' networks/lora.py with sdxl_train_network.py): the same rule over both text encoders,
+named `lora_te1_...` (CLIP-L, 72) and `lora_te2_...` (OpenCLIP-G, 192), and over the UNet's 11
+transformers (722 modules), but named by the original (LDM) module paths, because Kohya's SDXL UNet is its
+own port of Stability's: `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q` for diffusers'
+`down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from torch import nn
 
 UNET_PREFIX = "lora_unet_"
 TE_PREFIX = "lora_te_"
+PREFIXES = {"unet": UNET_PREFIX, "te": TE_PREFIX, "te1": "lora_te1_", "te2": "lora_te2_"}
+TE_PREFIXES = (TE_PREFIX, PREFIXES["te1"], PREFIXES["te2"])
 _UNET_CONTAINER = "Transformer2DModel"  # diffusers' name for SD's SpatialTransformer
 _TE_CONTAINERS = ("CLIPAttention", "CLIPMLP", "CLIPSdpaAttention", "CLIPFlashAttention2")
 
@@ -49,18 +57,43 @@ def te_kohya_path(path: str) -> str:
     return path if path.startswith("text_model.") else "text_model." + path
 
 
-def kohya_name(path: str, part: str) -> str:
-    """`part` is "unet" or "te"."""
+def is_sdxl_unet(unet: nn.Module) -> bool:
+    """SDXL's UNet embeds the pooled text and the image sizes ("text_time"); SD 1.5's does not."""
+    return getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time"
+
+
+def original_unet_paths(unet: nn.Module):
+    """A function from the UNet's module paths to their original (LDM) paths."""
+    from ..models.sd_layout import original_path, unet_prefixes
+
+    prefixes = unet_prefixes(unet.state_dict().keys())
+    return lambda path: original_path(path, prefixes)
+
+
+def kohya_name(path: str, part: str, unet_path=None) -> str:
+    """`part` is "unet", "te" (SD 1.5) or "te1"/"te2" (SDXL); `unet_path` maps an SDXL UNet's paths to
+    the original ones (original_unet_paths)."""
     if part == "unet":
-        return UNET_PREFIX + path.replace(".", "_")
-    return TE_PREFIX + te_kohya_path(path).replace(".", "_")
+        return UNET_PREFIX + (unet_path(path) if unet_path else path).replace(".", "_")
+    return PREFIXES[part] + te_kohya_path(path).replace(".", "_")
 
 
-def kohya_names(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, tuple[str, str]]:
+def network_parts(unet: nn.Module | None, text_encoder: nn.Module | None,
+                  text_encoder_2: nn.Module | None = None) -> list[tuple[str, nn.Module]]:
+    """(part, model) for each model given: an SDXL pair of text encoders is "te1"/"te2", a single one "te"."""
+    encoders = [("te1", text_encoder), ("te2", text_encoder_2)] if text_encoder_2 is not None \
+        else [("te", text_encoder)]
+    return [(part, model) for part, model in [("unet", unet)] + encoders if model is not None]
+
+
+def kohya_names(unet: nn.Module | None, text_encoder: nn.Module | None,
+                text_encoder_2: nn.Module | None = None) -> dict[str, tuple[str, str]]:
     """Kohya name -> (part, module path) for every target of the given models."""
     names: dict[str, tuple[str, str]] = {}
-    if unet is not None:
-        names.update({kohya_name(p, "unet"): ("unet", p) for p in unet_targets(unet)})
-    if text_encoder is not None:
-        names.update({kohya_name(p, "te"): ("te", p) for p in text_encoder_targets(text_encoder)})
+    for part, model in network_parts(unet, text_encoder, text_encoder_2):
+        if part == "unet":
+            unet_path = original_unet_paths(model) if is_sdxl_unet(model) else None
+            names.update({kohya_name(p, part, unet_path): (part, p) for p in unet_targets(model)})
+        else:
+            names.update({kohya_name(p, part): (part, p) for p in text_encoder_targets(model)})
     return names

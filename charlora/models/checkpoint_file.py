@@ -2,8 +2,9 @@
 
 `read_header` reads a single file's tensor shapes (a .safetensors header, or a legacy .ckpt/.pt with
 `torch.load(weights_only=True)`, so pickled code never runs); `guess_architecture` tells SD 1.x from SD 2.x,
-SDXL, a LoRA, an embedding or a VAE; `refusal` is the message for a file that is not an SD 1.5 base model;
-`describe_checkpoint` answers `lora`/`model` inspection. `loading.py` builds the pipeline after these checks.
+SDXL (and its refiner), a LoRA, an embedding or a VAE; `refusal` is the message for a file that is not an
+SD 1.5 or SDXL base model; `describe_checkpoint` answers `lora`/`model` inspection. `loading.py` builds the
+pipeline after these checks.
 """
 
 import pickle
@@ -22,13 +23,17 @@ ARCHITECTURE_NAMES = {
     "sd1-variant": "Stable Diffusion 1.x variant (inpainting, instruct-pix2pix...)",
     "sd1-incomplete": "Stable Diffusion 1.x without all of its parts",
     "sd2": "Stable Diffusion 2.x",
-    "sdxl": "Stable Diffusion XL",
+    "sdxl": "Stable Diffusion XL (SDXL base 1.0 and its fine-tunes: Pony, Illustrious, NoobAI...)",
+    "sdxl-refiner": "Stable Diffusion XL refiner",
+    "sdxl-variant": "Stable Diffusion XL variant (inpainting...)",
+    "sdxl-incomplete": "Stable Diffusion XL without all of its parts",
     "lora": "LoRA / LyCORIS network",
     "embedding": "textual-inversion embedding",
     "vae": "VAE on its own",
     "unknown": "not recognised",
 }
 PICK_SD15 = "Choose an SD 1.5 base model instead (e.g. v1-5-pruned-emaonly.safetensors or an SD 1.5 fine-tune)."
+PICK_SDXL = "Choose an SDXL base model (e.g. sd_xl_base_1.0.safetensors or an SDXL fine-tune)."
 _LORA_MARKERS = ("lora_down.", "lora_up.", "lora_A.", "lora_B.", "hada_w1", "lokr_w1")
 
 
@@ -143,6 +148,23 @@ def read_header(path):
 
 # --- what is it? ------------------------------------------------------------------------------
 
+SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
+
+
+def _sdxl_kind(shapes, has_unet):
+    keys = list(shapes)
+    if any(k.startswith("conditioner.embedders.0.model.") for k in keys) \
+            and not any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl-refiner"  # OpenCLIP-G alone, as embedder 0
+    conv_in = shapes.get(sd_layout.UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in and len(conv_in[0]) == 4 and conv_in[0][1] != 4:
+        return "sdxl-variant"
+    complete = has_unet and any(k.startswith(sd_layout.VAE_PREFIX) for k in keys) \
+        and all(any(k.startswith(prefix) for k in keys) for prefix in (SDXL_TE1_PREFIX, SDXL_TE2_PREFIX))
+    return "sdxl" if complete else "sdxl-incomplete"
+
+
 
 def guess_architecture(shapes):
     """Architecture id (a key of ARCHITECTURE_NAMES) from {key: (shape, dtype)}."""
@@ -152,7 +174,7 @@ def guess_architecture(shapes):
     if lora_keys and not has_unet:
         return "lora"
     if any(k.startswith("conditioner.embedders.") for k in keys):
-        return "sdxl"
+        return _sdxl_kind(shapes, has_unet)
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         return "sd2"  # OpenCLIP ViT-H text encoder
     if has_unet:
@@ -164,7 +186,7 @@ def guess_architecture(shapes):
         if context and len(context[0]) == 2 and context[0][1] == 1024:
             return "sd2"
         if context and len(context[0]) == 2 and context[0][1] == 2048:
-            return "sdxl"
+            return "sdxl-incomplete"  # an SDXL UNet without its text encoders
         if any(".joint_blocks." in k or ".double_blocks." in k for k in keys):
             return "unknown"  # SD3, Flux: their own layouts
         conv_in = shapes.get(sd_layout.UNET_PREFIX + "input_blocks.0.0.weight")
@@ -189,8 +211,16 @@ def refusal(path, arch, shapes):
             f"{path} is a LoRA, not a base model (it has keys like '{keys[0]}'). A LoRA belongs in the LoRA "
             f"field; as the base model choose a full SD 1.5 checkpoint (about 2 to 4 GB)."
         )
-    if arch == "sdxl":
-        return ModelLoadError(f"{path} is an SDXL checkpoint; CharLoRA trains SD 1.5 LoRAs only. {PICK_SD15}")
+    if arch == "sdxl-refiner":
+        return ModelLoadError(f"{path} is the SDXL refiner, which only polishes finished images; LoRAs are trained "
+                              f"on the SDXL base model. {PICK_SDXL}")
+    if arch == "sdxl-variant":
+        channels = shapes[sd_layout.UNET_PREFIX + "input_blocks.0.0.weight"][0][1]
+        return ModelLoadError(f"{path} is an SDXL variant whose UNet takes {channels} input channels (an inpainting "
+                              f"model); CharLoRA needs a standard 4-channel model. {PICK_SDXL}")
+    if arch == "sdxl-incomplete":
+        return ModelLoadError(f"{path} has SDXL weights but lacks the UNet, the VAE or one of the two text encoders "
+                              "(a UNet-only file?). Use a complete checkpoint that holds all four.")
     if arch == "sd2":
         return ModelLoadError(
             f"{path} is a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder, 1024-wide cross-attention); "
@@ -263,6 +293,8 @@ _COMPONENT_PREFIXES = (
     ("unet", sd_layout.UNET_PREFIX),
     ("vae", sd_layout.VAE_PREFIX),
     ("text_encoder", "cond_stage_model."),
+    ("text_encoder", SDXL_TE1_PREFIX),
+    ("text_encoder_2", SDXL_TE2_PREFIX),
 )
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _SAFETENSORS_DTYPES = {

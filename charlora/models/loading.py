@@ -1,18 +1,15 @@
-"""Load an SD 1.5 base model from whatever the user points at, with clear errors and no surprises.
+"""Load a base model (SD 1.5 or SDXL) from whatever the user points at, with clear errors, no surprises.
 
 Accepted sources: a single-file `.safetensors`; a legacy `.ckpt`/`.pt` (read with
 `torch.load(weights_only=True)`, so pickled code is never run); a diffusers folder
 (model_index.json); a Hugging Face Hub id such as `stable-diffusion-v1-5/stable-diffusion-v1-5`.
 
-What the file is (and the refusal of anything that is not an SD 1.5 base model) is decided first, by
-`checkpoint_file.py`. A single file is then checked and built by diffusers' own single-file code, the
-code A1111-to-diffusers conversions are maintained in:
-- `check_fits`: diffusers' converters run on the file's tensor *shapes* only (meta tensors: nothing is
-  read) and the result is compared with models built from the configs, so a missing or misshaped
-  tensor is an error that names it, instead of diffusers' silently random or "meta tensor" weight;
-- `StableDiffusionPipeline.from_single_file(path, config=<folder>, local_files_only=True)` builds it,
-  with the configs carried in the package (`sd15/`) or, for the tiny test model, written from the
-  file's metadata: no Hub and no cache are ever asked.
+What the file is (and the refusal of anything that is not an SD 1.5 or SDXL base model) is decided first,
+by `checkpoint_file.py`, and whether its tensors fit the family's configs by `fit_check.py`. diffusers'
+own single-file code then builds it, `<Pipeline>.from_single_file(path, config=<folder>,
+local_files_only=True)`, with the configs carried in the package (`sd15/`, `sdxl/`) or, for the tiny test
+models, written from the file's metadata: no Hub and no cache are ever asked. The tokenizers are handed
+in (SD 1.5's carried CLIP BPE files; SDXL's second one pads with "!").
 """
 
 import contextlib
@@ -24,120 +21,103 @@ from pathlib import Path
 import torch
 
 from charlora.errors import ModelLoadError
-from charlora.models import SD15_CONFIG_DIR  # bench, tests and tools import it here
-from charlora.models.checkpoint_file import (PICK_SD15, clean_path, guess_architecture, looks_like_hub_id, read_header,
+from charlora.models import FAMILIES, SD15, SD15_CONFIG_DIR, SDXL, Family  # SD15_CONFIG_DIR: imported from here too
+from charlora.models.checkpoint_file import (PICK_SD15, PICK_SDXL, clean_path, guess_architecture, looks_like_hub_id, read_header,
                                              refusal, unquoted)
-from charlora.models.tiny import COMPONENTS_METADATA_KEY
+from charlora.models.fit_check import check_fits
+from charlora.models.tiny import COMPONENTS_METADATA_KEY, load_tokenizer_from_files
 
-# the configs' file in each component folder of a diffusers model
+# the config's file in each component folder of a diffusers model
 _CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
-                 "scheduler": "scheduler_config.json"}
+                 "text_encoder_2": "config.json", "scheduler": "scheduler_config.json"}
 
 
-# --- the configs the file is built from -------------------------------------------------------
+# --- what the file is built from --------------------------------------------------------------
+
+
+def _own_components(path, metadata):
+    """The configs and tokenizer files a tiny test model carries in its metadata, or None."""
+    if COMPONENTS_METADATA_KEY not in metadata:
+        return None
+    try:
+        components = json.loads(metadata[COMPONENTS_METADATA_KEY])
+        if not isinstance(components, dict):
+            raise TypeError("not a JSON object")
+        return components
+    except (ValueError, TypeError) as error:
+        raise ModelLoadError(f"{path}: its '{COMPONENTS_METADATA_KEY}' metadata is damaged ({error}).") from error
 
 
 @contextlib.contextmanager
-def config_folder(path, metadata):
-    """A diffusers config folder for the file: the one carried for SD 1.5, or (for a file that carries its
-    own configs in `charlora.components`, the tiny test model) a temporary one written from its metadata."""
-    if COMPONENTS_METADATA_KEY not in metadata:
-        yield SD15_CONFIG_DIR
+def config_folder(path, components, family: Family):
+    """A diffusers config folder for the file: the family's carried one, or a temporary one written from the
+    file's own components (the tiny test models)."""
+    if components is None:
+        yield family.config_dir
         return
+    names = ("unet", "vae", "scheduler") + family.text_encoders
     try:
-        components = json.loads(metadata[COMPONENTS_METADATA_KEY])
-        configs = {name: components[name] for name in _CONFIG_FILES}
-        tokenizer_files = dict(components["tokenizer"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"{path}: its '{COMPONENTS_METADATA_KEY}' metadata is damaged ({error}).") from error
+        configs = {name: components[name] for name in names}
+    except KeyError as error:
+        raise ModelLoadError(f"{path}: its '{COMPONENTS_METADATA_KEY}' metadata lacks {error}.") from error
     with tempfile.TemporaryDirectory(prefix="charlora-configs-") as temporary:
         folder = Path(temporary)
-        index = json.loads((SD15_CONFIG_DIR / "model_index.json").read_text(encoding="utf-8"))
+        index = json.loads((family.config_dir / "model_index.json").read_text(encoding="utf-8"))
         index["scheduler"] = ["diffusers", configs["scheduler"].get("_class_name", index["scheduler"][1])]
         (folder / "model_index.json").write_text(json.dumps(index), encoding="utf-8")
         for name, config in configs.items():
             (folder / name).mkdir()
             (folder / name / _CONFIG_FILES[name]).write_text(json.dumps(config), encoding="utf-8")
-        (folder / "tokenizer").mkdir()
-        for name, text in tokenizer_files.items():
-            (folder / "tokenizer" / Path(name).name).write_text(text, encoding="utf-8")
         yield folder
 
 
-# --- does the file fit the configs? -----------------------------------------------------------
+def tokenizers(path, components, family: Family) -> dict:
+    """{"tokenizer": ..., ["tokenizer_2": ...]}: the file's own, else the carried CLIP BPE files."""
+    from transformers import CLIPTokenizer
 
-
-def check_fits(path, shapes, folder):
-    """Raise ModelLoadError naming the first missing or misshaped tensor of each model, before anything is
-    read: diffusers' converters applied to meta tensors of the file's shapes, against meta models built from
-    the configs. (Tensors the models do not use, such as EMA copies, are left alone, as diffusers does.)"""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
-                                                     convert_ldm_vae_checkpoint)
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    meta = {key: torch.empty(shape, dtype=torch.float16, device="meta") for key, (shape, _) in shapes.items()}
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-
-    def text_encoder_names(checkpoint):
-        converted = convert_ldm_clip_checkpoint(checkpoint)
-        if not hasattr(text_encoder, "text_model"):  # transformers >= 5.6 dropped the `text_model.` level
-            converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
-        return converted
-
-    for what, model, convert in (
-        ("UNet", unet, lambda c: convert_ldm_unet_checkpoint(c, unet.config)),
-        ("VAE", vae, lambda c: convert_ldm_vae_checkpoint(c, vae.config)),
-        ("text encoder", text_encoder, text_encoder_names),
-    ):
+    names = ["tokenizer", "tokenizer_2"][:len(family.text_encoders)]
+    if components is not None:
         try:
-            converted = convert(meta)
-        except (KeyError, IndexError, ValueError, RuntimeError) as error:  # a tensor the converter needs is absent
-            raise _misfit(path, what, [f"missing, e.g. {error}"]) from error
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-        missing = [k for k in expected if k not in converted]
-        wrong = [f"{k}: {list(converted[k].shape)} in the file, {list(shape)} expected"
-                 for k, shape in expected.items() if k in converted and tuple(converted[k].shape) != shape]
-        if missing or wrong:
-            raise _misfit(path, what, [f"{len(found)} {label}, e.g. {found[0]}"
-                                       for label, found in (("missing", missing), ("with the wrong shape", wrong))
-                                       if found])
-
-
-def _misfit(path, what, problems):
-    return ModelLoadError(f"{path}: the {what} weights do not fit an SD 1.5 {what} ({'; '.join(problems)}). "
-                          f"The file may be a different architecture or damaged. {PICK_SD15}")
+            return {name: load_tokenizer_from_files(components[name]) for name in names}
+        except (KeyError, TypeError, ValueError, OSError) as error:
+            raise ModelLoadError(f"{path}: its '{COMPONENTS_METADATA_KEY}' tokenizer is damaged ({error}).") from error
+    carried = SD15_CONFIG_DIR / "tokenizer"
+    found = {"tokenizer": CLIPTokenizer.from_pretrained(carried, local_files_only=True)}
+    if "tokenizer_2" in names:  # SDXL's second tokenizer: the same files, padding with "!"
+        found["tokenizer_2"] = CLIPTokenizer.from_pretrained(carried, local_files_only=True, pad_token="!")
+    return found
 
 
 # --- building the pipeline --------------------------------------------------------------------
 
 
 def _pipeline_from_single_file(path, dtype, device):
-    from diffusers import StableDiffusionPipeline
+    import diffusers
     from diffusers.utils import logging as diffusers_logging
 
     kind, shapes, metadata, tensors = read_header(path)
     del tensors  # diffusers reads the file itself (a .ckpt was only opened to check it holds no code)
     arch = guess_architecture(shapes)
-    if arch != "sd1":
+    if arch not in FAMILIES:
         raise refusal(path, arch, shapes)
-    with config_folder(path, metadata) as folder:
-        check_fits(path, shapes, folder)
-        # diffusers warns about casting "modules kept in float32" (there are none in SD 1.5) and shows a
+    family = FAMILIES[arch]
+    components = _own_components(path, metadata)
+    pipeline = getattr(diffusers, family.pipeline)
+    extra = {} if family is SDXL else {"safety_checker": None, "feature_extractor": None,
+                                       "requires_safety_checker": False}
+    with config_folder(path, components, family) as folder:
+        check_fits(path, shapes, folder, family)
+        # diffusers warns about casting "modules kept in float32" (there are none here) and shows a
         # progress bar per component: noise in the user's log
         with _quiet(diffusers_logging):
             try:
-                pipe = StableDiffusionPipeline.from_single_file(
-                    str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
-                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                pipe = pipeline.from_single_file(str(path), config=str(folder), local_files_only=True,
+                                                 torch_dtype=dtype, **tokenizers(path, components, family), **extra)
             except Exception as error:  # read and checked above: what is left is unexpected
                 raise ModelLoadError(
                     f"{path}: diffusers could not build the model from it ({type(error).__name__}: {error}). "
-                    f"The file may be damaged: download it again. {PICK_SD15}") from error
+                    f"The file may be damaged: download it again. {PICK_SD15 if family is SD15 else PICK_SDXL}"
+                ) from error
     return _to_device(pipe, device)
 
 
@@ -160,7 +140,7 @@ def _to_device(pipe, device):
     return pipe if torch.device(device).type == "cpu" else pipe.to(device)
 
 
-def _check_diffusers_folder(folder):
+def _check_diffusers_folder(folder) -> Family:
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (ValueError, OSError) as error:
@@ -168,32 +148,32 @@ def _check_diffusers_folder(folder):
             f"{folder}: model_index.json cannot be read ({error}). Save or download the folder again."
         ) from error
     class_name = index.get("_class_name", "")
-    if "XL" in class_name:
-        raise ModelLoadError(
-            f"{folder} is an SDXL model ({class_name}); CharLoRA trains SD 1.5 LoRAs only. {PICK_SD15}"
-        )
     unet_config = folder / "unet" / "config.json"
-    if unet_config.is_file():
+    if class_name == SD15.pipeline and unet_config.is_file():
         cross = json.loads(unet_config.read_text(encoding="utf-8")).get("cross_attention_dim")
         if cross == 1024:
             raise ModelLoadError(
-                f"{folder} is a Stable Diffusion 2.x model; CharLoRA trains SD 1.5 LoRAs only. {PICK_SD15}"
+                f"{folder} is a Stable Diffusion 2.x model; CharLoRA trains SD 1.5 and SDXL LoRAs. {PICK_SD15}"
             )
-    if class_name != "StableDiffusionPipeline":
-        raise ModelLoadError(
-            f"{folder} holds a {class_name or 'unknown'} model, not a StableDiffusionPipeline. {PICK_SD15}"
-        )
+    for family in FAMILIES.values():
+        if class_name == family.pipeline:
+            return family
+    raise ModelLoadError(
+        f"{folder} holds a {class_name or 'unknown'} model, not a StableDiffusionPipeline or "
+        f"StableDiffusionXLPipeline (SD 1.5 or SDXL). {PICK_SD15}"
+    )
 
 
 def load_base_model(source, dtype=torch.float32, device="cpu"):
-    """A StableDiffusionPipeline (no safety checker) from a file, a diffusers folder or a Hub id.
+    """A StableDiffusionPipeline (no safety checker) or StableDiffusionXLPipeline from a file, a diffusers
+    folder or a Hub id (`models.family_of(pipe)` says which).
 
-    Raises ModelLoadError, naming the file and what to do, for anything that is not an SD 1.5 model.
+    Raises ModelLoadError, naming the file and what to do, for anything that is not an SD 1.5 or SDXL model.
     """
     path = clean_path(source)
     if path is None:
         raise ModelLoadError(
-            "No base model given: choose an SD 1.5 .safetensors file, a diffusers folder or a Hub id."
+            "No base model given: choose an SD 1.5 or SDXL .safetensors file, a diffusers folder or a Hub id."
         )
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -201,8 +181,8 @@ def load_base_model(source, dtype=torch.float32, device="cpu"):
                 f"{path} is a folder but not a diffusers model folder (it has no model_index.json). "
                 "Choose the model's .safetensors file itself, or a folder saved by diffusers."
             )
-        _check_diffusers_folder(path)
-        return _from_pretrained(str(path), dtype, device, local=True)
+        family = _check_diffusers_folder(path)
+        return _from_pretrained(str(path), dtype, device, local=True, family=family)
     if path.is_file():
         return _pipeline_from_single_file(path, dtype, device)
     text = unquoted(source)
@@ -211,18 +191,21 @@ def load_base_model(source, dtype=torch.float32, device="cpu"):
     raise ModelLoadError(f"{path} does not exist. Check the path of the base model (a .safetensors or .ckpt file).")
 
 
-def _from_pretrained(name, dtype, device, local):
-    from diffusers import StableDiffusionPipeline
+def _from_pretrained(name, dtype, device, local, family: Family | None = None):
+    import diffusers
 
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            name,
-            dtype=dtype,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            local_files_only=local,
-        )
+        if family is None:  # a Hub id: its model_index.json says which pipeline it is
+            class_name = diffusers.DiffusionPipeline.load_config(name).get("_class_name", "")
+            family = next((f for f in FAMILIES.values() if f.pipeline == class_name), None)
+            if family is None:
+                raise ModelLoadError(f"{name} is a {class_name or 'unknown'} model, not SD 1.5 or SDXL. {PICK_SD15}")
+        extra = {} if family is SDXL else {"safety_checker": None, "feature_extractor": None,
+                                           "requires_safety_checker": False}
+        pipe = getattr(diffusers, family.pipeline).from_pretrained(name, dtype=dtype, local_files_only=local,
+                                                                   **extra)
+    except ModelLoadError:
+        raise
     except Exception as error:  # the Hub client raises many kinds; all mean "could not get it"
         if local:
             raise ModelLoadError(
@@ -235,8 +218,7 @@ def _from_pretrained(name, dtype, device, local):
             "connection the first time (and the right id); or choose a local .safetensors/.ckpt file or "
             "diffusers folder instead."
         ) from error
-    if pipe.unet.config.cross_attention_dim == 1024:
-        raise ModelLoadError(f"{name} is a Stable Diffusion 2.x model; CharLoRA trains SD 1.5 LoRAs only. {PICK_SD15}")
+    if family is SD15 and pipe.unet.config.cross_attention_dim == 1024:
+        raise ModelLoadError(f"{name} is a Stable Diffusion 2.x model; CharLoRA trains SD 1.5 and SDXL LoRAs. "
+                             f"{PICK_SD15}")
     return _to_device(pipe, device)
-
-

@@ -30,6 +30,9 @@ _UNET_FIXED = [
     ("conv_in.", "input_blocks.0.0."),
     ("conv_norm_out.", "out.0."),
     ("conv_out.", "out.2."),
+    # SDXL's size/pooled-text embedding (absent from SD 1.5 UNets, so these pairs never match there)
+    ("add_embedding.linear_1.", "label_emb.0.0."),
+    ("add_embedding.linear_2.", "label_emb.0.2."),
 ]
 # Inside a ResnetBlock2D: diffusers' names vs LDM's ResBlock (Sequential indices).
 _UNET_RESNET = [
@@ -179,6 +182,21 @@ def _rename(state_dict, pairs, what):
     if len(renamed) != len(state_dict):
         raise ValueError(f"two {what} keys map to the same name; the model is not SD 1.x shaped")
     return renamed
+
+
+def unet_prefixes(unet_keys):
+    """{diffusers prefix: original prefix} for a UNet with these state-dict keys (its shape is read from them)."""
+    return dict(_unet_table(*_unet_shape_from_diffusers(unet_keys)))
+
+
+def original_path(path, prefixes):
+    """A diffusers module path (or key) in the original LDM names, by its longest prefix in `prefixes`."""
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:cut]) + "."
+        if prefix in prefixes:
+            return prefixes[prefix] + path[len(prefix):] if cut < len(parts) else prefixes[prefix].rstrip(".")
+    raise ValueError(f"{path} has no place in the SD layout")
 
 
 def unet_to_original(unet_sd):

@@ -97,6 +97,26 @@ def cross_check(values: Mapping[str, Any]) -> list[str]:
                                 f"version of each image; turn off {aug} or cache_latents/cache_latents_to_disk")
     if values["learning_rate"] == 0 and values["unet_lr"] == 0 and values["text_encoder_lr"] == 0:
         problems.append("learning_rate, unet_lr and text_encoder_lr are all 0: nothing would train")
+    if values["sdxl"]:
+        problems += _sdxl_problems(values)
+    return problems
+
+
+def _sdxl_problems(values: Mapping[str, Any]) -> list[str]:
+    """sd-scripts' SDXL rules (sdxl_train_network.py's assert_extra_args, sdxl_train_util)."""
+    problems = []
+    if values["bucket_reso_steps"] % 32:
+        problems.append(f"bucket_reso_steps {values['bucket_reso_steps']}: SDXL needs a multiple of 32 (32 or 64)")
+    if values["sdxl_cache_text_encoder_outputs"]:
+        # the text encoders train when text_encoder_lr is set, or when it and unet_lr are 0 (learning_rate)
+        te_trains = values["text_encoder_lr"] > 0 or (values["unet_lr"] == 0 and values["learning_rate"] > 0)
+        if te_trains:
+            problems.append("sdxl_cache_text_encoder_outputs needs the text encoders frozen: set text_encoder_lr "
+                            "to 0 and unet_lr above 0 (Kohya's network_train_unet_only), or turn the cache off")
+        for key in ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs"):
+            if values[key]:
+                problems.append(f"sdxl_cache_text_encoder_outputs cannot be used with {key} (the cached captions "
+                                f"would never change); turn off {key} or the cache")
     return problems
 
 

@@ -75,6 +75,7 @@ class Param:
     label: str = ""  # the GUI's human label, as Kohya's GUI words it ("Network Rank (Dimension)")
     main: bool = False  # one of the ten settings most runs change: shown first, on one screen
     file_name: bool = False  # the value names a file inside a folder: no separators, no "..", not empty
+    sdxl_only: bool = False  # means something only for SDXL base models (the app shows it only for them)
 
     @property
     def title(self) -> str:

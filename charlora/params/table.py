@@ -37,21 +37,26 @@ SAMPLERS = (
 PARAMS: tuple[Param, ...] = (
     # ---------------------------------------------------------------- source model
     Param("pretrained_model_name_or_path", "path", "", "source model", tier="basic",
-          label="Base model (SD 1.5 checkpoint or folder)", main=True, help="Base SD 1.5 model: a .safetensors/.ckpt file, a diffusers folder, or a Hub id."),
+          label="Base model (SD 1.5 or SDXL checkpoint or folder)", main=True, help="Base SD 1.5 or SDXL model: a .safetensors/.ckpt file, a diffusers folder, or a Hub id."),
     Param("v2", "bool", False, "source model", effect="restricted", allowed=(False,),
           reason="SD 2.x base models are not supported yet",
           help="Base model is Stable Diffusion 2.x."),
     Param("v_parameterization", "bool", False, "source model",
           help="Train with v-prediction targets (for v-prediction base models)."),
-    Param("sdxl", "bool", False, "source model", effect="restricted", allowed=(False,),
-          reason="SDXL is not supported yet", help="Base model is SDXL."),
+    Param("sdxl", "bool", False, "source model", tier="basic", label="SDXL model",
+          help="The base model is SDXL (set from the model file when you choose it in the app; training "
+               "names a mismatch)."),
     Param("model_list", "str", "custom", "source model", effect="ignored",
           reason="a GUI-only quick pick; pretrained_model_name_or_path is what counts",
           help="Kohya's quick-pick list of base models."),
-    Param("sdxl_cache_text_encoder_outputs", "bool", False, "source model", effect="ignored",
-          reason="SDXL only", help="SDXL: cache text-encoder outputs."),
-    Param("sdxl_no_half_vae", "bool", True, "source model", effect="ignored",
-          reason="SDXL only", help="SDXL: keep the VAE in fp32."),
+    Param("sdxl_cache_text_encoder_outputs", "bool", False, "source model", sdxl_only=True,
+          label="Cache text encoder outputs",
+          help="SDXL: encode each caption once and take both text encoders off the GPU (~1.6 GB in fp16). "
+               "Needs the text encoders frozen (text_encoder_lr 0) and fixed captions (no shuffle or dropout). "
+               "Without it CharLoRA still caches whenever that is possible, but keeps them for samples."),
+    Param("sdxl_no_half_vae", "bool", True, "source model", effect="ignored", sdxl_only=True,
+          reason="CharLoRA always runs the VAE in fp32 (SDXL's VAE makes NaNs in fp16), as this setting on does",
+          help="SDXL: keep the VAE in fp32."),
     # ---------------------------------------------------------------- folders
     Param("train_data_dir", "path", "", "folders", tier="basic",
           label="Image folder (parent of 10_trigger class)", main=True, help="Parent folder of concept folders named like '10_trigger class' (repeats_class tokens)."),

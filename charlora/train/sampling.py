@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import CharLoRAError
-from .text import CHUNK, encode, tokenize
+from ..models import family_of
+from .text import CHUNK, encode_captions
 
 # A sample prompt line's options when it does not give them: sd-scripts' (not the Evaluation tab's settings)
 KOHYA_DEFAULTS = {"width": 512, "height": 512, "steps": 30, "cfg_scale": 7.5, "seed": None, "negative_prompt": None}
@@ -265,15 +266,20 @@ def make_sampler(name: str, scheduler_config):
         ) from None
 
 
-def _embeddings(pipe, prompts, device, clip_skip, max_token_length):
-    """Prompt embeddings computed as in training (clip_skip, long captions): diffusers' own clip_skip
-    path expects a `text_model` level that transformers >= 5.6 no longer builds."""
-    ids = tokenize(pipe.tokenizer, prompts, max_token_length).to(device)
-    return encode(pipe.text_encoder, ids, clip_skip, max_token_length)
+def _embeddings(pipe, prompt, negative, device, clip_skip, max_token_length) -> dict:
+    """The pipe's prompt-embedding arguments, computed as in training (clip_skip, long captions; SDXL's
+    two encoders and pooled output): diffusers' own clip_skip path expects a `text_model` level that
+    transformers >= 5.6 no longer builds."""
+    hidden, pooled = encode_captions(pipe, [prompt, negative], {"clip_skip": clip_skip,
+                                                                "max_token_length": max_token_length}, device)
+    embeds = {"prompt_embeds": hidden[0:1], "negative_prompt_embeds": hidden[1:2]}
+    if pooled is not None:
+        embeds.update(pooled_prompt_embeds=pooled[0:1], negative_pooled_prompt_embeds=pooled[1:2])
+    return embeds
 
 
 def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_length=CHUNK):
-    """One image per prompt with `pipe` (a StableDiffusionPipeline already holding the LoRA).
+    """One image per prompt with `pipe` (an SD 1.5 or SDXL pipeline already holding the LoRA).
 
     Each prompt's seed seeds its own CPU generator (a prompt without --d gets a random seed); the
     pipe's scheduler and the global torch RNG state are restored afterwards, so sampling does not
@@ -296,11 +302,10 @@ def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_l
             seed = sample.seed if sample.seed is not None else torch.Generator().seed()
             generator = torch.Generator(device="cpu").manual_seed(seed)
             with torch.no_grad():
-                embeds = _embeddings(pipe, [sample.prompt, sample.negative_prompt or ""], device, clip_skip,
+                embeds = _embeddings(pipe, sample.prompt, sample.negative_prompt or "", device, clip_skip,
                                      max_token_length)
                 result = pipe(
-                    prompt_embeds=embeds[0:1],
-                    negative_prompt_embeds=embeds[1:2],
+                    **embeds,
                     height=sample.height,
                     width=sample.width,
                     num_inference_steps=sample.steps,
@@ -342,13 +347,15 @@ def training_samples(ctx, step: int, epoch: int, at_epoch_end: bool, writer=None
     rng_state = torch.get_rng_state()  # sampling must not change the training's random stream
     try:
         pipe.unet.eval()
-        pipe.text_encoder.eval()
+        for name in family_of(pipe).text_encoders:
+            getattr(pipe, name).eval()
         images = generate_samples(pipe, prompts, v["sample_sampler"], ctx.device, clip_skip=v["clip_skip"],
                                   max_token_length=v["max_token_length"])
     finally:
         torch.set_rng_state(rng_state)
         pipe.unet.train()
-        pipe.text_encoder.train(ctx.network.settings.train_text_encoder)
+        for name in family_of(pipe).text_encoders:
+            getattr(pipe, name).train(ctx.network.settings.train_text_encoder)
         pipe.vae.to(vae_device)
     paths = []
     for index, (prompt, image) in enumerate(zip(prompts, images)):

@@ -12,6 +12,7 @@ import torch
 from ..dataset import BucketBatches, DatasetPlan, LatentCache, build_plan
 from ..errors import CharLoRAError
 from ..lora import LoRANetwork, LoRASettings, file_rank, load_lora_weights
+from ..models import SDXL, family_of
 from ..models.loading import load_base_model
 from .events import Emitter
 
@@ -80,21 +81,43 @@ def load_model(values: dict, precision: Precision, emit: Emitter):
     emit.info(f"loading base model {values['pretrained_model_name_or_path']}")
     pipe = load_base_model(values["pretrained_model_name_or_path"], dtype=precision.weight_dtype,
                            device=precision.device)
+    check_family(values, family_of(pipe))
     if pipe.vae.dtype != torch.float32:
         pipe.vae.to(dtype=torch.float32)  # the VAE encodes once (latent cache) or per step; fp32 avoids NaN latents
-    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for model in _models(pipe):
         model.requires_grad_(False)
     return pipe
 
 
+def _models(pipe) -> list:
+    """The UNet, the VAE and the text encoder(s)."""
+    return [pipe.unet, pipe.vae] + _text_encoders(pipe)
+
+
+def _text_encoders(pipe) -> list:
+    return [getattr(pipe, name) for name in family_of(pipe).text_encoders]
+
+
+def check_family(values: dict, family) -> None:
+    """The `sdxl` setting must say what the base model is (Kohya's scripts fail obscurely when it does not)."""
+    model = values["pretrained_model_name_or_path"]
+    if family is SDXL and not values["sdxl"]:
+        raise CharLoRAError(f"the base model {model} is an SDXL model, but sdxl is off: turn sdxl on (Parameters, "
+                            "Source model) to train an SDXL LoRA, or choose an SD 1.5 base model")
+    if family is not SDXL and values["sdxl"]:
+        raise CharLoRAError(f"sdxl is on, but the base model {model} is an {family.name} model: turn sdxl off, or "
+                            "choose an SDXL base model")
+
+
 def prepare_model(pipe, precision: Precision):
     """An already loaded pipeline (the benchmark's), placed and typed as load_model would."""
-    for model, dtype in ((pipe.unet, precision.weight_dtype), (pipe.text_encoder, precision.weight_dtype),
-                         (pipe.vae, torch.float32)):
+    placed = [(pipe.unet, precision.weight_dtype), (pipe.vae, torch.float32)]
+    placed += [(model, precision.weight_dtype) for model in _text_encoders(pipe)]
+    for model, dtype in placed:
         model.to(precision.device)
         if model.dtype != dtype:  # casting an fp32 model to fp32 makes diffusers warn
             model.to(dtype=dtype)
-    for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for model in _models(pipe):
         model.requires_grad_(False)
     return pipe
 
@@ -147,11 +170,11 @@ def build_network(pipe, values: dict, precision: Precision, emit: Emitter) -> Lo
     rank = None
     warm_start = None
     if values["lora_network_weights"]:
-        _, warm_start = load_lora_weights(values["lora_network_weights"])
+        _, warm_start = load_lora_weights(values["lora_network_weights"], family_of(pipe).arch)
         if values["dim_from_weights"]:
             rank = file_rank(warm_start)
     settings = LoRASettings.from_config(values, rank=rank)
-    network = LoRANetwork.attach(pipe.unet, pipe.text_encoder, settings)
+    network = LoRANetwork.attach(pipe.unet, pipe.text_encoder, settings, getattr(pipe, "text_encoder_2", None))
     if warm_start is not None:
         network.load_kohya_tensors(warm_start, values["lora_network_weights"])
         emit.info(f"starting from {values['lora_network_weights']}")
@@ -162,10 +185,11 @@ def build_network(pipe, values: dict, precision: Precision, emit: Emitter) -> Lo
     if values["gradient_checkpointing"]:
         pipe.unet.enable_gradient_checkpointing()
         if settings.train_text_encoder:
-            te = pipe.text_encoder  # transformers 5 renamed the method; keep working on both names
-            (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
+            for te in _text_encoders(pipe):  # transformers 5 renamed the method; keep working on both names
+                (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
     pipe.unet.train()
-    pipe.text_encoder.train(settings.train_text_encoder)
+    for te in _text_encoders(pipe):
+        te.train(settings.train_text_encoder)
     if precision.device.type == "cuda":
         # convolution kernels on NVIDIA GPUs run faster on NHWC tensors (the UNet is mostly convolutions). On the
         # CPU it was measured and not kept: ~8% off a step of a model built in memory, but with a model loaded

@@ -2,8 +2,9 @@
 
 Latents (cached, or encoded now) x the VAE's scaling factor; noise (with offset / multires noise);
 timesteps uniform in [min_timestep, max_timestep); noisy latents from the DDPM schedule; text conditioning
-(clip_skip, 75-token chunks); UNet prediction; MSE against the noise (or the velocity with
-v_parameterization) per sample, x prior_loss_weight for reg samples, x min-SNR weights. With several
+(clip_skip, 75-token chunks; SDXL: both text encoders, and the pooled text and the six size numbers for the
+UNet's added embedding); UNet prediction; MSE against the noise (or the velocity with v_parameterization)
+per sample, x prior_loss_weight for reg samples, x min-SNR weights. With several
 processes every one draws the same noise for the whole global batch and takes its own slice.
 """
 
@@ -13,7 +14,16 @@ import torch
 
 from . import noise as noise_fn
 from .context import RunContext
-from .text import encode, tokenize
+from .text import encode_captions
+
+
+def text_conditioning(ctx: RunContext, captions: list, text_cache: dict | None):
+    """(hidden states, pooled output or None) for the captions: from the cache when there is one."""
+    if text_cache is not None:
+        entries = [text_cache[c] for c in captions]
+        pooled = torch.cat([e[1] for e in entries]) if entries[0][1] is not None else None
+        return torch.cat([e[0] for e in entries]), pooled
+    return encode_captions(ctx.pipe, captions, ctx.values, ctx.device)
 
 
 def step_loss(ctx: RunContext, batch: dict, text_cache: dict | None, train_te: bool) -> torch.Tensor:
@@ -48,15 +58,15 @@ def step_loss(ctx: RunContext, batch: dict, text_cache: dict | None, train_te: b
     autocast = torch.autocast(ctx.device.type, dtype=ctx.precision.autocast_dtype,
                               enabled=ctx.precision.autocast_dtype is not None)
     with autocast:
-        if text_cache is not None:
-            hidden = torch.cat([text_cache[c] for c in captions])
-        else:
-            input_ids = tokenize(ctx.pipe.tokenizer, captions, v["max_token_length"]).to(ctx.device)
-            with torch.set_grad_enabled(train_te):
-                hidden = encode(ctx.pipe.text_encoder, input_ids, v["clip_skip"], v["max_token_length"])
+        with torch.set_grad_enabled(train_te):
+            hidden, pooled = text_conditioning(ctx, captions, text_cache)
         noisy = ctx.noise_scheduler.add_noise(latents, noise, timesteps)
         weight_dtype = ctx.precision.weight_dtype
-        prediction = ctx.pipe.unet(noisy.to(weight_dtype), timesteps, hidden.to(weight_dtype)).sample
+        extra = {}
+        if pooled is not None:  # SDXL: the pooled text and the six size numbers, embedded by the UNet
+            extra["added_cond_kwargs"] = {"text_embeds": pooled.to(weight_dtype),
+                                          "time_ids": batch["time_ids"][lo:hi].to(ctx.device, weight_dtype)}
+        prediction = ctx.pipe.unet(noisy.to(weight_dtype), timesteps, hidden.to(weight_dtype), **extra).sample
     target = noise_fn.training_target(ctx.noise_scheduler, latents, noise, timesteps, v["v_parameterization"])
     per_sample = noise_fn.per_sample_loss(prediction.float(), target.float(), weights, timesteps, v,
                                           ctx.noise_scheduler.alphas_cumprod.to(ctx.device))

@@ -1,4 +1,4 @@
-"""Captions to text-encoder conditioning, as sd-scripts does for SD 1.x.
+"""Captions to text-encoder conditioning, as sd-scripts does for SD 1.x and SDXL.
 
 Sources in sd-scripts: `BaseDataset.get_input_ids` and `get_hidden_states` (library/train_util.py).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import CharLoRAError
+from ..models import SDXL, family_of
 
 CHUNK = 75  # tokens CLIP reads at once (77 positions minus BOS and EOS): a model fact, not a setting
 
@@ -86,12 +87,57 @@ def encode(text_encoder, input_ids, clip_skip=None, max_token_length=CHUNK) -> t
         hidden = final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
 
     hidden = hidden.reshape(batch_size, -1, hidden.shape[-1])  # (batch, chunks * 77, hidden)
+    return _join_chunks(hidden, max_token_length, chunk_length)
 
-    if max_token_length > chunk_length - 2:
-        # Join the chunks: first BOS, each chunk's 75 inner states, the very last state (an EOS).
-        states = [hidden[:, 0:1]]
-        for i in range(1, max_token_length, chunk_length):
-            states.append(hidden[:, i : i + chunk_length - 2])
-        states.append(hidden[:, -1:])
-        hidden = torch.cat(states, dim=1)
-    return hidden
+
+def _join_chunks(hidden, max_token_length, chunk_length):
+    """(batch, chunks * 77, width) -> (batch, max_token_length + 2, width): the first BOS, each chunk's 75
+    inner states, the very last state (an EOS)."""
+    if max_token_length <= chunk_length - 2:
+        return hidden
+    states = [hidden[:, 0:1]]
+    for i in range(1, max_token_length, chunk_length):
+        states.append(hidden[:, i : i + chunk_length - 2])
+    states.append(hidden[:, -1:])
+    return torch.cat(states, dim=1)
+
+
+def encode_sdxl(text_encoder, text_encoder_2, input_ids, input_ids_2, eos_token_id, max_token_length=CHUNK
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's conditioning, as sd-scripts' SdxlTextEncodingStrategy: (hidden states (batch,
+    max_token_length + 2, width 1 + width 2), pooled (batch, projection)).
+
+    Each encoder's penultimate layer without the final layer norm (clip_skip does not apply to SDXL), the
+    two joined along the width (CLIP-L first); the pooled output is text encoder 2's normed last state at
+    the first EOS of the first chunk, through its text projection (sd-scripts' "pool workaround": CLIP's
+    own pooling takes the highest token id, which is not the EOS once chunks or new tokens are involved).
+    `eos_token_id`: tokenizer_2's (SDXL's text_encoder_2 config says 2, which is not CLIP's EOS)."""
+    max_token_length = _check_max_token_length(max_token_length)
+    batch_size, chunks, chunk_length = input_ids_2.shape
+
+    def penultimate(encoder, ids):
+        device = next(encoder.parameters()).device
+        out = encoder(ids.reshape(-1, chunk_length).to(device), output_hidden_states=True, return_dict=True)
+        return out, _join_chunks(out.hidden_states[-2].reshape(batch_size, -1, out.hidden_states[-2].shape[-1]),
+                                 max_token_length, chunk_length)
+
+    _, hidden_1 = penultimate(text_encoder, input_ids)
+    out_2, hidden_2 = penultimate(text_encoder_2, input_ids_2)
+    ids_2 = input_ids_2.reshape(-1, chunk_length).to(out_2.last_hidden_state.device)
+    eos = torch.argmax((ids_2 == eos_token_id).int(), dim=1)
+    pooled = out_2.last_hidden_state[torch.arange(ids_2.shape[0], device=ids_2.device), eos]
+    pooled = text_encoder_2.text_projection(pooled.to(text_encoder_2.text_projection.weight.dtype))
+    pooled = pooled.reshape(batch_size, chunks, -1)[:, 0]  # the first chunk's, as sd-scripts
+    return torch.cat([hidden_1, hidden_2.to(hidden_1.dtype)], dim=2), pooled
+
+
+def encode_captions(pipe, captions: list, values: dict, device):
+    """(hidden states, pooled output or None): SD 1.5's one text encoder (with clip_skip), or SDXL's two."""
+    max_tokens = values["max_token_length"]
+    if family_of(pipe) is SDXL:
+        ids = tokenize(pipe.tokenizer, captions, max_tokens).to(device)
+        ids_2 = tokenize(pipe.tokenizer_2, captions, max_tokens).to(device)
+        return encode_sdxl(pipe.text_encoder, pipe.text_encoder_2, ids, ids_2, pipe.tokenizer_2.eos_token_id,
+                           max_tokens)
+    ids = tokenize(pipe.tokenizer, captions, max_tokens).to(device)
+    return encode(pipe.text_encoder, ids, values["clip_skip"], max_tokens), None
