@@ -39,7 +39,7 @@ from typing import Any
 
 from .vram.activations import text_encoder_activation_bytes, unet_activation_bytes
 from .vram.coefficients import ALLOCATOR_OVERHEAD_FRACTION, CUDA_CONTEXT_BYTES, VAE_ENCODE_BYTES_PER_PIXEL
-from .vram.model_sizes import (GIB, MIB, SD15_UNET_PARAMS, TOKENS_PER_CHUNK, lora_tensor_shapes, model_sizes,
+from .vram.model_sizes import (GIB, MIB, SD15_UNET_PARAMS, TOKENS_PER_CHUNK, lora_tensor_shapes, model_sizes,  # noqa: F401 (SD15_UNET_PARAMS: read from here too)
                                trained_parts)
 from .vram.optimizer_state import optimizer_state_bytes
 PARTS = ("weights", "lora_parameters", "lora_gradients", "optimizer_state", "activations", "cuda_context",
@@ -173,7 +173,8 @@ def estimate_vram(values: dict, gpu_total_bytes: int | None = None) -> VramEstim
     te_on_gpu, vae_on_gpu, width, height = wl.te_on_gpu, wl.vae_on_gpu, wl.width, wl.height
     h, w = wl.latent
 
-    sizes = model_sizes(values["pretrained_model_name_or_path"])
+    sizes = model_sizes(values["pretrained_model_name_or_path"], values["sdxl"])
+    arch = sizes.arch
     weights = sizes.unet * weight_bytes
     weights += sizes.text_encoder * weight_bytes if te_on_gpu else 0
     weights += sizes.vae * 4 if vae_on_gpu else 0
@@ -187,9 +188,9 @@ def estimate_vram(values: dict, gpu_total_bytes: int | None = None) -> VramEstim
     activations = 0
     if train_unet or train_te:  # a trained text encoder's gradients flow back through the whole UNet
         activations += unet_activation_bytes(h, w, batch, rank if train_unet else 0, weight_bytes, plain,
-                                             checkpointing, wl.context_tokens)
+                                             checkpointing, wl.context_tokens, arch=arch)
     if train_te:
-        activations += text_encoder_activation_bytes(batch, rank, weight_bytes, checkpointing, wl.te_tokens)
+        activations += text_encoder_activation_bytes(batch, rank, weight_bytes, checkpointing, wl.te_tokens, arch)
     if mixed and lora_bytes == 4:  # autocast's fp16/bf16 copies of the fp32 LoRA weights, kept for backward
         activations += count * weight_bytes
     activations += batch * 4 * h * w * (weight_bytes + 5 * 4)  # prediction, fp32 copies, noise, target, loss
@@ -199,16 +200,19 @@ def estimate_vram(values: dict, gpu_total_bytes: int | None = None) -> VramEstim
     base = weights + 2 * count * lora_bytes + optimizer + activations
     precision = {2: values["mixed_precision"], 4: "fp32"}
     details = {
-        "weights": "UNet" + (" + text encoder" if te_on_gpu else "") + f" in {precision[weight_bytes]}"
+        "weights": "UNet" + ((" + text encoders" if len(arch.text_encoders) > 1 else " + text encoder")
+                             if te_on_gpu else "") + f" in {precision[weight_bytes]}"
                    + ("; VAE (fp32) on the GPU" if vae_on_gpu else "; VAE on the CPU") + f"; {sizes.source}",
         "lora_parameters": (f"{count / 1e6:.1f} M" if count >= 100_000 else f"{count:,}")
                            + f" parameters, rank {rank}, {'fp32' if lora_bytes == 4 else '16-bit'}, "
-                           + " + ".join(p for p, on in (("UNet", train_unet), ("text encoder", train_te)) if on),
+                           + " + ".join(p for p, on in (("UNet", train_unet),
+                                                        ("text encoders" if len(arch.text_encoders) > 1
+                                                         else "text encoder", train_te)) if on),
         "optimizer_state": str(values["optimizer"]),
         "activations": f"{width}x{height}, batch {batch}, "
                        + ("plain attention" if plain else "memory-efficient attention")
                        + (", gradient checkpointing" if checkpointing else "")
-                       + ("" if sizes.unet == SD15_UNET_PARAMS else "; modelled on SD 1.5's UNet, not this model's"),
+                       + ("" if sizes.unet == arch.unet_params else f"; modelled on {arch.name}'s UNet, not this model's"),
     }
     return VramEstimate(weights=weights, lora_parameters=count * lora_bytes, lora_gradients=count * lora_bytes,
                         optimizer_state=optimizer, activations=activations, cuda_context=CUDA_CONTEXT_BYTES,
@@ -236,7 +240,17 @@ def _candidate_changes(values: dict) -> list[tuple[str, dict[str, Any]]]:
             and not (values["color_aug"] or values["random_crop"]):
         changes.append(("cache_latents on", {"cache_latents": True}))
     width, height = (int(side) for side in str(values["max_resolution"]).split(","))
-    if width * height > 512 * 512:
+    if values["sdxl"]:
+        # SDXL is made for 1024 px: the text encoders and the rank are what to let go first (Kohya's SDXL
+        # docs fit 8 GB with UNet only, cached text-encoder outputs and dim 4-8)
+        if 8 < values["network_dim"] <= 32:
+            changes.append(("network_dim 8", {"network_dim": 8}))
+        if trained_parts(values)[1]:
+            changes.append(("text_encoder_lr 0 with sdxl_cache_text_encoder_outputs on (UNet only)",
+                            {"text_encoder_lr": 0.0, "unet_lr": values["unet_lr"] or values["learning_rate"],
+                             "sdxl_cache_text_encoder_outputs": True, "shuffle_caption": False,
+                             "caption_dropout_rate": 0.0, "caption_dropout_every_n_epochs": 0}))
+    elif width * height > 512 * 512:
         changes.append(("max_resolution 512,512", {"max_resolution": "512,512"}))
     return changes
 
