@@ -1,7 +1,8 @@
 """`python -m charlora bench`: real training steps of a config on a random-weight model, timed.
 
 `--shape sd15` builds SD 1.5's full architecture (UNet 860 M, CLIP ViT-L text encoder, VAE) from the
-carried configs with random weights (no download); `--shape tiny` the test model. The run is a real
+carried configs with random weights (no download); `--shape sdxl` SDXL base's (UNet 2.6 B, CLIP ViT-L and
+OpenCLIP ViT-bigG, VAE; ~14 GB of RAM in fp32); `--shape tiny` the test model. The run is a real
 `train()` on a generated dataset (so caching, bucketing, the optimizer and the scheduler are the
 product's own), profiled per phase. Reported: median s/step and samples/s after warm-up, the split
 between data, forward, backward and optimizer, peak memory (CUDA: torch's peak allocated and NVML's
@@ -20,7 +21,9 @@ from pathlib import Path
 
 from .params import load_config, normalize
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "presets" / "character-16gb.json"
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+DEFAULT_CONFIG = PRESETS / "character-16gb.json"
+DEFAULT_CONFIGS = {"tiny": DEFAULT_CONFIG, "sd15": DEFAULT_CONFIG, "sdxl": PRESETS / "sdxl-character-16gb.json"}
 
 
 def random_sd15_pipeline(seed: int = 0):
@@ -42,6 +45,27 @@ def random_sd15_pipeline(seed: int = 0):
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+def random_sdxl_pipeline(seed: int = 0):
+    """SDXL base 1.0's architecture with random weights, from the carried configs (no download)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .models import SDXL, SDXL_CONFIG_DIR
+    from .models.loading import tokenizers
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL_CONFIG_DIR / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL_CONFIG_DIR / "vae"))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder"))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2"))
+    scheduler = DDPMScheduler.from_config({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                                           "num_train_timesteps": 1000, "clip_sample": False})
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, unet=unet,
+                                     scheduler=scheduler, add_watermarker=False,
+                                     **tokenizers("SDXL's carried configs", None, SDXL))
 
 
 def tiny_pipeline(seed: int = 0):
@@ -87,13 +111,14 @@ def run_bench(shape: str = "tiny", resolution: int | None = None, batch: int = 1
               generation: bool = True, generation_steps: int = 20) -> dict:
     import torch
 
-    resolution = resolution or (64 if shape == "tiny" else 512)
-    loaded = load_config(config or DEFAULT_CONFIG, overrides)
+    resolution = resolution or {"tiny": 64, "sd15": 512, "sdxl": 1024}[shape]
+    config = config or DEFAULT_CONFIGS[shape]
+    loaded = load_config(config, overrides)
     if device == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    pipe = tiny_pipeline() if shape == "tiny" else random_sd15_pipeline()
+    pipe = {"tiny": tiny_pipeline, "sd15": random_sd15_pipeline, "sdxl": random_sdxl_pipeline}[shape]()
     build_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="charlora-bench-") as tmp:
         tmp = Path(tmp)
@@ -115,7 +140,7 @@ def run_bench(shape: str = "tiny", resolution: int | None = None, batch: int = 1
         median = statistics.median(per_step)
         report = {
             "shape": shape, "resolution": resolution, "batch": batch, "device": device,
-            "config": str(config or DEFAULT_CONFIG), "network_dim": values["network_dim"],
+            "config": str(config), "network_dim": values["network_dim"],
             "optimizer": values["optimizer"], "mixed_precision": values["mixed_precision"],
             "gradient_checkpointing": values["gradient_checkpointing"], "cache_latents": values["cache_latents"],
             "text_encoder_trained": values["text_encoder_lr"] > 0 or values["unet_lr"] == 0,
@@ -136,11 +161,13 @@ def run_bench(shape: str = "tiny", resolution: int | None = None, batch: int = 1
 def _bench_generation(pipe, resolution: int, steps: int, device: str) -> dict:
     import torch
 
+    from .models import family_of
     from .train.sampling import SamplePrompt, generate_samples
 
     pipe.set_progress_bar_config(disable=True)
     pipe.unet.eval()
-    pipe.text_encoder.eval()
+    for name in family_of(pipe).text_encoders:
+        getattr(pipe, name).eval()
     dev = torch.device(device if device == "cpu" or torch.cuda.is_available() else "cpu")
     pipe.vae.to(dev)
     prompt = SamplePrompt("bench girl, smiling", "", resolution, resolution, steps, 7.0, 1)

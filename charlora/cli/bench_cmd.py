@@ -9,17 +9,20 @@ import sys
 
 def register(subparsers) -> None:
     bench = subparsers.add_parser(
-        "bench", help="time training steps and generation on a random-weight tiny or SD 1.5-shaped model",
+        "bench", help="time training steps and generation on a random-weight tiny, SD 1.5- or SDXL-shaped model",
         description="Benchmark: a real training run of a config (default: presets/character-16gb.json, the "
-                    "user's Kohya setup) on a random-weight model, no download. Prints median s/step, "
-                    "samples/s, the phase split, peak memory and generation speed.")
-    bench.add_argument("--shape", choices=("tiny", "sd15"), default="tiny")
-    bench.add_argument("--resolution", type=int, help="square training resolution (default 64 tiny, 512 sd15)")
+                    "user's Kohya setup; presets/sdxl-character-16gb.json for --shape sdxl) on a random-weight "
+                    "model, no download. Prints median s/step, samples/s, the phase split, peak memory and "
+                    "generation speed.")
+    bench.add_argument("--shape", choices=("tiny", "sd15", "sdxl"), default="tiny")
+    bench.add_argument("--resolution", type=int,
+                       help="square training resolution (default 64 tiny, 512 sd15, 1024 sdxl)")
     bench.add_argument("--batch", type=int, default=1)
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     bench.add_argument("--steps", type=int, help="timed steps after the warm-up (default 3; 40 with --app-overhead)")
     bench.add_argument("--warmup", type=int, help="warm-up steps, not timed (default 1; 2 with --app-overhead)")
-    bench.add_argument("--config", help="a Kohya JSON config (default: presets/character-16gb.json)")
+    bench.add_argument("--config", help="a Kohya JSON config (default: presets/character-16gb.json; "
+                                        "presets/sdxl-character-16gb.json for --shape sdxl)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bench.add_argument("--no-generation", action="store_true", help="skip the generation timing")
     bench.add_argument("--generation-steps", type=int, default=20)

@@ -225,6 +225,11 @@ def build_metadata(values: dict, run: RunInfo) -> dict[str, str]:
         meta["ss_sd_model_hash"] = run.sd_model_hash
     if run.new_sd_model_hash:
         meta["ss_new_sd_model_hash"] = run.new_sd_model_hash
+    # sd-scripts writes the network's extra arguments (Kohya's GUI passes block lrs as network_args) as JSON
+    network_args = {key: str(values[key]).strip() for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight",
+                                                                "block_lr_zero_threshold") if str(values[key]).strip()}
+    if network_args:
+        meta["ss_network_args"] = json.dumps(network_args)
     if (values["min_timestep"], values["max_timestep"]) != (0, 1000):
         meta["modelspec.timestep_range"] = f"{values['min_timestep']},{values['max_timestep']}"
     return meta

@@ -16,7 +16,8 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..errors import CharLoRAError
-from .targets import kohya_names
+from ..params.block_lr import block_lr_weights
+from .targets import block_index, is_sdxl_unet, kohya_names
 
 ADAPTER = "default"
 
@@ -31,6 +32,8 @@ class LoRASettings:
     # the learning rates from the config (from_config); None for a network only built to read or write files
     unet_lr: float | None = None
     text_encoder_lr: float | None = None
+    # sd-scripts' block-wise UNet lr weights (params.block_lr), indexed by targets.block_index; None: off
+    block_lr_weights: tuple | None = None
 
     @property
     def scale(self) -> float:
@@ -50,7 +53,8 @@ class LoRASettings:
         if unet_lr == 0 and te_lr == 0:
             raise CharLoRAError("learning_rate, unet_lr and text_encoder_lr are all 0: nothing would train")
         return cls(rank=rank, alpha=float(alpha), dropout=values["network_dropout"], train_unet=unet_lr > 0,
-                   train_text_encoder=te_lr > 0, unet_lr=unet_lr, text_encoder_lr=te_lr)
+                   train_text_encoder=te_lr > 0, unet_lr=unet_lr, text_encoder_lr=te_lr,
+                   block_lr_weights=block_lr_weights(values))
 
 
 class LoRANetwork:
@@ -65,6 +69,10 @@ class LoRANetwork:
         self.settings = settings
         self.layers: dict[str, tuple[str, LoraLayer]] = {}  # kohya name -> (part, peft layer)
         names = kohya_names(unet, text_encoder, text_encoder_2)
+        self.sdxl = text_encoder_2 is not None or (unet is not None and is_sdxl_unet(unet))
+        if settings.block_lr_weights is not None:  # a block of weight 0 gets no modules (sd-scripts: dim 0)
+            names = {name: where for name, where in names.items()
+                     if where[0] != "unet" or self.block_weight(name) > 0}
         models = {"unet": unet, "te": text_encoder, "te1": text_encoder, "te2": text_encoder_2}
         for part in dict.fromkeys(part for part, _ in names.values()):
             model = models[part]
@@ -94,6 +102,21 @@ class LoRANetwork:
         for _, layer in self.layers.values():
             for module in (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]):
                 module.to(dtype=dtype)
+
+    def block_weight(self, name: str) -> float:
+        """The block-wise lr weight of a UNet module (1.0 without block weights or outside any block)."""
+        weights = self.settings.block_lr_weights
+        index = block_index(name, self.sdxl)
+        return 1.0 if weights is None or index < 0 else weights[index]
+
+    def unet_blocks(self) -> dict[int, list[nn.Parameter]]:
+        """The UNet's LoRA parameters by block index (sd-scripts groups them so for block-wise lrs)."""
+        blocks: dict[int, list[nn.Parameter]] = {}
+        for name, (part, layer) in self.layers.items():
+            if part == "unet":
+                blocks.setdefault(block_index(name, self.sdxl), []).extend(
+                    [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight])
+        return blocks
 
     def parameters(self, part: str | None = None) -> list[nn.Parameter]:
         """All LoRA parameters, or those of one part: "unet", or "te" for every text encoder's."""

@@ -16,6 +16,8 @@ own port of Stability's: `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 UNET_PREFIX = "lora_unet_"
@@ -97,3 +99,24 @@ def kohya_names(unet: nn.Module | None, text_encoder: nn.Module | None,
         else:
             names.update({kohya_name(p, part): (part, p) for p in text_encoder_targets(model)})
     return names
+
+
+# sd-scripts' networks/lora.py RE_UPDOWN and get_block_index: SD 1.5's 12 down + mid + 12 up blocks by
+# diffusers' names; SDXL's 9 input + 3 middle + 9 output blocks (and its embedding and out slots 0 and 22)
+_UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
+
+
+def block_index(kohya_name: str, sdxl: bool) -> int:
+    """The block of a UNet LoRA module by its Kohya name, an index into params.block_lr's weights; -1: none."""
+    if not sdxl:
+        match = _UPDOWN.search(kohya_name)
+        if match:
+            updown, i, kind, j = match.groups()
+            index = 3 * int(i) + (2 if kind in ("upsamplers", "downsamplers") else int(j))
+            return 1 + index if updown == "down" else 12 + 1 + index
+        return 12 if "mid_block_" in kohya_name else -1
+    name = kohya_name.removeprefix("lora_unet_")
+    for prefix, first in (("input_blocks_", 1), ("middle_block_", 10), ("output_blocks_", 13)):
+        if name.startswith(prefix):
+            return first + int(name.split("_")[2])
+    return -1

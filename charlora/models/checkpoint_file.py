@@ -304,3 +304,26 @@ _SAFETENSORS_DTYPES = {
 
 def _dtype_name(dtype):
     return _SAFETENSORS_DTYPES.get(dtype, str(dtype).lower())
+
+
+def base_model_family(source):
+    """The family (models.SD15 / models.SDXL) of the base model at `source`, from what is cheap to read: a
+    .safetensors header or a diffusers folder's model_index.json. None when that cannot tell (a .ckpt, which
+    would have to be read whole; a Hub id; a path that is not there) or when it is neither family."""
+    import json
+
+    from charlora.models import FAMILIES
+
+    path = clean_path(source)
+    try:
+        if path is None:
+            return None
+        if path.is_dir():
+            index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+            return next((f for f in FAMILIES.values() if f.pipeline == index.get("_class_name")), None)
+        if path.is_file() and _file_format(path) == "safetensors":
+            shapes, _ = _safetensors_header(path)
+            return FAMILIES.get(guess_architecture(shapes))
+    except (OSError, ValueError, ModelLoadError):
+        return None
+    return None

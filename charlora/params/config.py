@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
+from . import block_lr
 from .spec import show
 from .table import PARAMS, PARAMS_BY_KEY
 
@@ -99,6 +100,7 @@ def cross_check(values: Mapping[str, Any]) -> list[str]:
         problems.append("learning_rate, unet_lr and text_encoder_lr are all 0: nothing would train")
     if values["sdxl"]:
         problems += _sdxl_problems(values)
+    problems += block_lr.check(values)
     return problems
 
 

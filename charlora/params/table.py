@@ -12,7 +12,8 @@ from __future__ import annotations
 from .spec import Param
 
 _LYCORIS = "used by LyCORIS/LoCon network types only; no effect with LoRA_type Standard"
-_BLOCKWISE = "block-wise dims, alphas and learning rates are not supported yet; leave it empty"
+_BLOCKWISE = ("block-wise dims and alphas are not supported yet (block-wise learning rates are: "
+              "down_lr_weight, mid_lr_weight, up_lr_weight); leave it empty")
 _NOT_YET = "not implemented yet"
 _PEFT_DROPOUT = "the peft LoRA layers CharLoRA trains have no such dropout; use network_dropout"
 
@@ -163,14 +164,19 @@ PARAMS: tuple[Param, ...] = (
           help="Per-block conv ranks."),
     Param("conv_block_alphas", "str", "", "network", effect="restricted", allowed=("",), reason=_BLOCKWISE,
           help="Per-block conv alphas."),
-    Param("down_lr_weight", "str", "", "network", effect="restricted", allowed=("",), reason=_BLOCKWISE,
-          help="Learning-rate weights of the UNet's down blocks."),
-    Param("mid_lr_weight", "str", "", "network", effect="restricted", allowed=("",), reason=_BLOCKWISE,
-          help="Learning-rate weight of the UNet's mid block."),
-    Param("up_lr_weight", "str", "", "network", effect="restricted", allowed=("",), reason=_BLOCKWISE,
-          help="Learning-rate weights of the UNet's up blocks."),
-    Param("block_lr_zero_threshold", "str", "", "network", effect="restricted", allowed=("",),
-          reason=_BLOCKWISE, help="Skip blocks whose lr weight is below this."),
+    Param("down_lr_weight", "str", "", "network",
+          help="The UNet lr's weight per down block, shallow to deep: 12 numbers, one per original input block "
+               "0-11 (SDXL: 9, input blocks 0-8; block 0 is conv_in and has no LoRA), e.g. "
+               "1,1,1,1,1,1,0.5,0.5,0.5,0,0,0, or a curve: cosine, sine, linear, reverse_linear, zeros (+base, "
+               "e.g. cosine+.25). Empty: all 1. A block of weight 0 gets no LoRA."),
+    Param("mid_lr_weight", "str", "", "network",
+          help="The UNet lr's weight for the mid block (SDXL: 3 numbers for the middle block's parts). "
+               "Empty: 1."),
+    Param("up_lr_weight", "str", "", "network",
+          help="The UNet lr's weight per up block, deep to shallow: 12 numbers (SDXL: 9 output blocks) or a "
+               "curve, as down_lr_weight. Empty: all 1."),
+    Param("block_lr_zero_threshold", "str", "", "network",
+          help="Block lr weights at or below this become 0 (those blocks get no LoRA). Empty: 0."),
     # ---------------------------------------------------------------- optimizer
     Param("optimizer", "choice", "AdamW8bit", "optimizer", tier="basic", choices=KOHYA_OPTIMIZERS,
           effect="restricted", allowed=SUPPORTED_OPTIMIZERS,

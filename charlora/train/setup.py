@@ -13,6 +13,7 @@ from ..dataset import BucketBatches, DatasetPlan, LatentCache, build_plan
 from ..errors import CharLoRAError
 from ..lora import LoRANetwork, LoRASettings, file_rank, load_lora_weights
 from ..models import SDXL, family_of
+from ..params.block_lr import block_lr_weights
 from ..models.loading import load_base_model
 from .events import Emitter
 
@@ -174,6 +175,14 @@ def build_network(pipe, values: dict, precision: Precision, emit: Emitter) -> Lo
         if values["dim_from_weights"]:
             rank = file_rank(warm_start)
     settings = LoRASettings.from_config(values, rank=rank)
+    if settings.block_lr_weights is not None:
+        notes: list = []
+        block_lr_weights(values, notes)  # what sd-scripts would log about the lists' lengths
+        for note in notes:
+            emit.warn(note)
+        skipped = sum(1 for w in settings.block_lr_weights if w == 0)
+        emit.info("block-wise UNet learning rates: weights " + ", ".join(f"{w:g}" for w in settings.block_lr_weights)
+                  + (f" ({skipped} block(s) of weight 0 get no LoRA modules)" if skipped else ""))
     network = LoRANetwork.attach(pipe.unet, pipe.text_encoder, settings, getattr(pipe, "text_encoder_2", None))
     if warm_start is not None:
         network.load_kohya_tensors(warm_start, values["lora_network_weights"])
@@ -204,9 +213,21 @@ def build_network(pipe, values: dict, precision: Precision, emit: Emitter) -> Lo
 
 
 def param_groups(network: LoRANetwork) -> tuple[list[dict], list[str]]:
+    """The optimizer's groups: the UNet's (one per block with block-wise lrs, as sd-scripts' unet_block<N>),
+    then the text encoders'."""
     groups, names = [], []
-    for part, lr, name in (("unet", network.settings.unet_lr, "unet"),
-                           ("te", network.settings.text_encoder_lr, "text_encoder")):
+    settings = network.settings
+    if settings.block_lr_weights is not None:
+        for index, params in network.unet_blocks().items():
+            weight = 1.0 if index < 0 else settings.block_lr_weights[index]
+            groups.append({"params": params, "lr": settings.unet_lr * weight})
+            names.append(f"unet_block{index}")
+        te = network.parameters("te")
+        if te:
+            groups.append({"params": te, "lr": settings.text_encoder_lr})
+            names.append("text_encoder")
+        return groups, names
+    for part, lr, name in (("unet", settings.unet_lr, "unet"), ("te", settings.text_encoder_lr, "text_encoder")):
         params = network.parameters(part)
         if params:
             groups.append({"params": params, "lr": lr})

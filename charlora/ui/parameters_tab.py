@@ -52,7 +52,8 @@ def control_for(param: Param, value):
     import gradio as gr
 
     common = dict(label=param.title, info=f"{param.key} · {param.help}", value=_display(param, value),
-                  elem_id=f"param-{param.key}", interactive=param.effect != "ignored")
+                  elem_id=f"param-{param.key}", interactive=param.effect != "ignored",
+                  visible=not param.sdxl_only)  # SDXL-only settings appear when sdxl is on (wire)
     if param.kind == "bool":
         return gr.Checkbox(**common)
     if param.choices:
@@ -276,3 +277,36 @@ def wire(tab: ParametersTab, demo) -> None:
                      outputs=[tab.controls[key], picker], show_progress="hidden")
 
     tab.estimate_button.click(lambda data: show_estimate(tab, data), inputs=tab.components(), outputs=tab.estimate)
+    wire_sdxl(tab)
+
+
+def wire_sdxl(tab: ParametersTab) -> None:
+    """The SDXL-only settings show only while sdxl is on; choosing a base model sets sdxl from the file."""
+    import gradio as gr
+
+    sdxl = tab.controls["sdxl"]
+    only = [tab.controls[p.key] for p in PARAMS if p.sdxl_only and p.key in tab.controls]
+    sdxl.change(lambda on: [gr.update(visible=bool(on))] * len(only), inputs=sdxl, outputs=only,
+                show_progress="hidden")
+    model = tab.controls["pretrained_model_name_or_path"]
+    model.change(lambda source, on: model_family_update(tab, source, on), inputs=[model, sdxl],
+                 outputs=[sdxl, tab.message], show_progress="hidden")
+
+
+def model_family_update(tab: ParametersTab, source, sdxl_on) -> dict:
+    """sdxl set to what the chosen base model is (when its file says so cheaply), with a note of what changed."""
+    import gradio as gr
+
+    from ..models import SDXL
+    from ..models.checkpoint_file import base_model_family
+
+    family = base_model_family(source)
+    if family is None or (family is SDXL) == bool(sdxl_on):
+        return {tab.controls["sdxl"]: gr.skip(), tab.message: gr.skip()}
+    if family is SDXL:
+        note = ("The base model is **SDXL**: sdxl is now on, and its settings are shown. SDXL trains at 1024 px: "
+                "the presets **sdxl-character-16gb** and **sdxl-character-12gb-lowvram** set that and the rest "
+                "(a preset empties the model and folder fields: fill them in again after loading it).")
+    else:
+        note = f"The base model is **{family.name}**: sdxl is now off."
+    return {tab.controls["sdxl"]: family is SDXL, tab.message: note}
