@@ -2,7 +2,7 @@
 
 `--shape sd15` builds SD 1.5's full architecture (UNet 860 M, CLIP ViT-L text encoder, VAE) from the
 carried configs with random weights (no download); `--shape sdxl` SDXL base's (UNet 2.6 B, CLIP ViT-L and
-OpenCLIP ViT-bigG, VAE; ~14 GB of RAM in fp32); `--shape tiny` the test model. The run is a real
+OpenCLIP ViT-bigG, VAE; ~14 GB of RAM in fp32); `--shape tiny` / `tiny-sdxl` the test models. The run is a real
 `train()` on a generated dataset (so caching, bucketing, the optimizer and the scheduler are the
 product's own), profiled per phase. Reported: median s/step and samples/s after warm-up, the split
 between data, forward, backward and optimizer, peak memory (CUDA: torch's peak allocated and NVML's
@@ -23,7 +23,9 @@ from .params import load_config, normalize
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 DEFAULT_CONFIG = PRESETS / "character-16gb.json"
-DEFAULT_CONFIGS = {"tiny": DEFAULT_CONFIG, "sd15": DEFAULT_CONFIG, "sdxl": PRESETS / "sdxl-character-16gb.json"}
+DEFAULT_CONFIGS = {"tiny": DEFAULT_CONFIG, "sd15": DEFAULT_CONFIG, "tiny-sdxl": PRESETS / "sdxl-character-16gb.json",
+                   "sdxl": PRESETS / "sdxl-character-16gb.json"}
+SHAPES = tuple(DEFAULT_CONFIGS)
 
 
 def random_sd15_pipeline(seed: int = 0):
@@ -66,6 +68,14 @@ def random_sdxl_pipeline(seed: int = 0):
     return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, unet=unet,
                                      scheduler=scheduler, add_watermarker=False,
                                      **tokenizers("SDXL's carried configs", None, SDXL))
+
+
+def tiny_sdxl_pipeline(seed: int = 0):
+    from diffusers import StableDiffusionXLPipeline
+
+    from .models.tiny_sdxl import build_tiny_sdxl_components
+
+    return StableDiffusionXLPipeline(**build_tiny_sdxl_components(seed), add_watermarker=False)
 
 
 def tiny_pipeline(seed: int = 0):
@@ -111,14 +121,15 @@ def run_bench(shape: str = "tiny", resolution: int | None = None, batch: int = 1
               generation: bool = True, generation_steps: int = 20) -> dict:
     import torch
 
-    resolution = resolution or {"tiny": 64, "sd15": 512, "sdxl": 1024}[shape]
+    resolution = resolution or {"tiny": 64, "sd15": 512, "tiny-sdxl": 64, "sdxl": 1024}[shape]
     config = config or DEFAULT_CONFIGS[shape]
     loaded = load_config(config, overrides)
     if device == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    pipe = {"tiny": tiny_pipeline, "sd15": random_sd15_pipeline, "sdxl": random_sdxl_pipeline}[shape]()
+    pipe = {"tiny": tiny_pipeline, "sd15": random_sd15_pipeline, "tiny-sdxl": tiny_sdxl_pipeline,
+            "sdxl": random_sdxl_pipeline}[shape]()
     build_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="charlora-bench-") as tmp:
         tmp = Path(tmp)

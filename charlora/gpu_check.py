@@ -6,9 +6,11 @@
    512 px: batch 1 and 4, with and without gradient checkpointing — s/step, samples/s, phase split,
    torch's peak allocated and NVML's device use beside the VRAM estimate for the same config;
 3. the text-encoder output cache (UNet-only training) against the same run without it;
-4. grid generation speed (images/s at 20 steps).
+4. grid generation speed (images/s at 20 steps);
+5. SDXL at 1024 px: the presets sdxl-character-16gb and sdxl-character-12gb-lowvram on SDXL base's shape
+   (random weights), each beside the VRAM estimate.
 Each part is written to the JSON as soon as it is measured, so a run cut short still reports.
-`--quick` runs the same script on the tiny shape (for trying it on a CPU).
+`--quick` runs the same script on the tiny shapes (for trying it on a CPU).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import platform
 import time
 from pathlib import Path
 
-from .bench import run_bench
+from .bench import PRESETS, run_bench
 from .fileio import atomic_write_text
 
 
@@ -103,11 +105,17 @@ def run_gpu_check(out: str | Path, quick: bool = False, steps: int = 10) -> dict
         ("UNet only, cache off (shuffle_caption, keep_tokens=3)", 1,
          ("text_encoder_lr=0", "shuffle_caption=true", "keep_tokens=3"), False),
     ]
-    for label, batch, overrides, generation in plans:
+    sdxl_shape, sdxl_resolution = ("tiny-sdxl", 64) if quick else ("sdxl", 1024)
+    plans = [(label, batch, overrides, generation, shape, resolution, None)
+             for label, batch, overrides, generation in plans]
+    plans += [(f"SDXL preset {name}, {sdxl_resolution} px", 1, (), name == "sdxl-character-16gb", sdxl_shape,
+               sdxl_resolution, str(PRESETS / f"{name}.json"))
+              for name in ("sdxl-character-16gb", "sdxl-character-12gb-lowvram")]
+    for label, batch, overrides, generation, bench_shape, bench_resolution, config in plans:
         started = time.perf_counter()
         try:
-            report = run_bench(shape, resolution, batch, device, steps, warmup=2, overrides=overrides,
-                               generation=generation)
+            report = run_bench(bench_shape, bench_resolution, batch, device, steps, warmup=2, config=config,
+                               overrides=overrides, generation=generation)
             report = _with_estimate(report, gpu_total)
         except Exception as exc:  # record and go on: one failed part must not lose the others
             report = {"error": f"{type(exc).__name__}: {exc}"}

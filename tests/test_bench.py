@@ -26,6 +26,18 @@ def test_bench_tiny_json_shape():
     assert text.returncode == 0 and "s/step" in text.stdout and "split: data" in text.stdout
 
 
+def test_bench_sdxl_shape_runs_the_sdxl_preset():
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "charlora", "bench", "--shape", "tiny-sdxl", "--steps", "1",
+                             "--generation-steps", "2", "--json"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["shape"] == "tiny-sdxl" and report["config"].endswith("sdxl-character-16gb.json")
+    assert report["network_dim"] == 32 and report["gradient_checkpointing"] is True
+    assert report["median_s_per_step"] > 0 and report["generation_images_per_s"] > 0
+
+
 def test_bench_refuses_cuda_without_a_gpu():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-m", "charlora", "bench", "--device", "cuda"], capture_output=True,
@@ -40,7 +52,9 @@ def test_gpu_check_script_runs_in_quick_mode(tmp_path):
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert len(report["runs"]) == 6 and all("error" not in r for r in report["runs"])
+    assert len(report["runs"]) == 8 and all("error" not in r for r in report["runs"])
+    assert [r["shape"] for r in report["runs"][6:]] == ["tiny-sdxl", "tiny-sdxl"]  # the SDXL presets' runs
+    assert report["runs"][7]["text_encoder_trained"] is False  # the low-VRAM preset trains the UNet only
     first = report["runs"][0]
     assert first["estimate_total_bytes"] > 0 and first["generation_images_per_s"] > 0
     assert set(first["estimate_parts_bytes"]) >= {"weights", "lora_parameters", "optimizer_state", "activations"}

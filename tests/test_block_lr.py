@@ -108,3 +108,11 @@ def test_a_run_with_block_lrs(tiny_model, data, tmp_path):
     assert not any(k.startswith("lora_unet_down_blocks_") for k in keys)
     assert any(k.startswith("lora_unet_up_blocks_1_") for k in keys) and any("mid_block" in k for k in keys)
     assert json.loads(meta["ss_network_args"]) == {"down_lr_weight": "0,0,0", "up_lr_weight": "zeros+0.5"}
+
+
+def test_the_training_tab_sums_block_lrs_up():
+    from charlora.ui.training_tab import lr_summary
+
+    assert lr_summary({"unet": 1e-4, "text_encoder": 5e-5}) == "unet 0.0001, text_encoder 5e-05"
+    assert lr_summary({"unet_block12": 1e-3, "unet_block16": 5e-4, "text_encoder": 5e-4}) == \
+        "unet 0.0005-0.001 (2 blocks), text_encoder 0.0005"

@@ -160,6 +160,7 @@ def test_a_run_writes_kohya_sdxl_files_per_epoch(trained, tiny_sdxl):
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["tiny-demo-000001.safetensors",
                                                                  "tiny-demo.safetensors"]
     assert len(recorder.of(Step)) == recorder.of(RunStarted)[0].total_steps == 16
+    assert "model: SDXL" in recorder.of(RunStarted)[0].summary_lines()[-1]
     assert len(list((out / "sample").glob("*.png"))) == 2
     with safe_open(str(out / "tiny-demo.safetensors"), "pt") as fh:
         meta = fh.metadata()
@@ -294,3 +295,25 @@ def test_grid_and_score_render_sdxl_loras(trained, tiny_sdxl, data, tmp_path):
                        renderer)
     assert [row["name"] for row in report["rows"]] == ["no LoRA", "tiny-demo-000001", "tiny-demo"]
     assert report["recommendation"]["name"] in ("tiny-demo-000001", "tiny-demo")
+
+
+def test_a_v_prediction_sdxl_model_is_named_and_trains(tiny_sdxl, data, tmp_path):
+    """NoobAI-style v-pred files carry an empty `v_pred` tensor: without v_parameterization the run warns; with
+    it the LoRA learns the velocity and says so in its metadata."""
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_sdxl.single_file), "pt") as fh:
+        metadata = fh.metadata()
+    tensors = dict(load_file(str(tiny_sdxl.single_file)), v_pred=torch.zeros(0))
+    vpred = tmp_path / "tiny-sdxl-vpred.safetensors"
+    save_file(tensors, str(vpred), metadata=metadata)
+    recorder = Recorder()
+    off = train(config(tiny_sdxl, data, tmp_path / "off", pretrained_model_name_or_path=str(vpred), epoch=1),
+                [recorder])
+    assert off.status == "completed"
+    assert any("marks itself a v-prediction model" in getattr(e, "text", "") for e in recorder.events)
+    on = train(config(tiny_sdxl, data, tmp_path / "on", pretrained_model_name_or_path=str(vpred), epoch=1,
+                      v_parameterization=True))
+    assert on.status == "completed" and on.losses != off.losses
+    with safe_open(str(tmp_path / "on" / "tiny-demo.safetensors"), "pt") as fh:
+        assert fh.metadata()["modelspec.prediction_type"] == "v"

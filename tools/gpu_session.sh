@@ -18,7 +18,7 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" > "$OUT/nvidia-s
 
 # 1. The GPU check (each part is written to the JSON as it finishes).
 if [ "$MODE" = "--cpu" ]; then QUICK=--quick; else QUICK=; fi
-timeout 420 "$PY" -m charlora gpu-check $QUICK --out "$OUT/gpu-check.json"
+timeout 480 "$PY" -m charlora gpu-check $QUICK --out "$OUT/gpu-check.json"
 echo "gpu-check exit $?"
 
 # 2. The headless story on this device: tiny model, 6 captioned pictures, the user's Kohya config

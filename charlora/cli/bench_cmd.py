@@ -14,9 +14,9 @@ def register(subparsers) -> None:
                     "user's Kohya setup; presets/sdxl-character-16gb.json for --shape sdxl) on a random-weight "
                     "model, no download. Prints median s/step, samples/s, the phase split, peak memory and "
                     "generation speed.")
-    bench.add_argument("--shape", choices=("tiny", "sd15", "sdxl"), default="tiny")
+    bench.add_argument("--shape", choices=("tiny", "sd15", "tiny-sdxl", "sdxl"), default="tiny")
     bench.add_argument("--resolution", type=int,
-                       help="square training resolution (default 64 tiny, 512 sd15, 1024 sdxl)")
+                       help="square training resolution (default 64 tiny and tiny-sdxl, 512 sd15, 1024 sdxl)")
     bench.add_argument("--batch", type=int, default=1)
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     bench.add_argument("--steps", type=int, help="timed steps after the warm-up (default 3; 40 with --app-overhead)")

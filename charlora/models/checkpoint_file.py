@@ -327,3 +327,16 @@ def base_model_family(source):
     except (OSError, ValueError, ModelLoadError):
         return None
     return None
+
+
+def marks_v_prediction(source) -> bool:
+    """Whether a .safetensors base model marks itself v-prediction (an empty `v_pred` tensor, as NoobAI-XL's
+    v-pred files do; ComfyUI and Forge read it, diffusers does not). False when it cannot be read cheaply."""
+    path = clean_path(source)
+    try:
+        if path is None or not path.is_file() or _file_format(path) != "safetensors":
+            return False
+        shapes, _ = _safetensors_header(path)
+    except (OSError, ValueError, ModelLoadError):
+        return False
+    return "v_pred" in shapes

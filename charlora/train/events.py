@@ -38,6 +38,7 @@ class RunStarted(Event):
     optimizer: str
     seed: int
     start_step: int = 0  # > 0 when resumed
+    model: str = "SD 1.5"  # the base model's family (models.Family.name)
     history: tuple = ()  # when resumed: the earlier steps' (step, loss, epoch average) points, from the state
 
     def summary_lines(self) -> list[str]:
@@ -49,7 +50,7 @@ class RunStarted(Event):
                  f"buckets (samples per epoch): {buckets}",
                  f"steps: {self.steps_per_epoch} per epoch x {self.epochs} epochs = {self.total_steps} total"
                  f" (batch {self.batch_size}{processes})",
-                 f"device: {self.device}, precision: {self.precision}, attention: {self.attention}, "
+                 f"model: {self.model}, device: {self.device}, precision: {self.precision}, attention: {self.attention}, "
                  f"optimizer: {self.optimizer}, seed: {self.seed}"]
         if self.start_step:
             lines.append(f"resuming at step {self.start_step}")

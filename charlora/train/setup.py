@@ -14,6 +14,7 @@ from ..errors import CharLoRAError
 from ..lora import LoRANetwork, LoRASettings, file_rank, load_lora_weights
 from ..models import SDXL, family_of
 from ..params.block_lr import block_lr_weights
+from ..models.checkpoint_file import marks_v_prediction
 from ..models.loading import load_base_model
 from .events import Emitter
 
@@ -83,6 +84,10 @@ def load_model(values: dict, precision: Precision, emit: Emitter):
     pipe = load_base_model(values["pretrained_model_name_or_path"], dtype=precision.weight_dtype,
                            device=precision.device)
     check_family(values, family_of(pipe))
+    if marks_v_prediction(values["pretrained_model_name_or_path"]) and not values["v_parameterization"]:
+        emit.warn(f"{values['pretrained_model_name_or_path']} marks itself a v-prediction model (its v_pred "
+                  "tensor), but v_parameterization is off: the LoRA would learn the wrong target; turn "
+                  "v_parameterization on (Parameters, Source model)")
     if pipe.vae.dtype != torch.float32:
         pipe.vae.to(dtype=torch.float32)  # the VAE encodes once (latent cache) or per step; fp32 avoids NaN latents
     for model in _models(pipe):

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import CharLoRAError
 from ..lora import build_metadata, save_lora
+from ..models import family_of
 from ..params import dump_kohya
 from . import checkpoints as ckpt
 from . import setup
@@ -134,7 +135,7 @@ class Trainer:
             buckets={f"{w}x{h}": n for (w, h), n in plan.bucket_counts.items()},
             batch_size=v["train_batch_size"], processes=self.place.world, device=str(ctx.device),
             precision=ctx.precision.label, attention=ctx.attention, optimizer=ctx.optimizer_label, seed=ctx.seed,
-            start_step=self.global_step, history=tuple(self.history)))
+            start_step=self.global_step, model=family_of(ctx.pipe).name, history=tuple(self.history)))
 
     def _resume(self, folder: str) -> None:
         position, history = restore_state(self.ctx, folder, self.emit)

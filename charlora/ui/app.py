@@ -186,7 +186,7 @@ def build_app():
     from . import dataset_tab, evaluation_tab, parameters_tab, training_tab
 
     with gr.Blocks(title="CharLoRA") as demo:
-        gr.Markdown("# CharLoRA\nTurn a handful of pictures of a character into a Stable Diffusion 1.5 LoRA.")
+        gr.Markdown("# CharLoRA\nTurn a handful of pictures of a character into a Stable Diffusion 1.5 or SDXL LoRA.")
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
                 dataset = dataset_tab.build()

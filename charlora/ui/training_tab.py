@@ -102,6 +102,17 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def lr_summary(lrs: dict) -> str:
+    """The current learning rates in a few words: block-wise UNet groups (unet_block<N>) as one range."""
+    blocks = [lr for name, lr in lrs.items() if name.startswith("unet_block")]
+    parts = [f"{name} {lr:.3g}" for name, lr in lrs.items() if not name.startswith("unet_block")]
+    if blocks:
+        low, high = min(blocks), max(blocks)
+        span = f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
+        parts.insert(0, f"unet {span} ({len(blocks)} blocks)")
+    return ", ".join(parts)
+
+
 def status_text(snap) -> str:
     if snap.state == "idle":
         return "Not started."
@@ -112,7 +123,7 @@ def status_text(snap) -> str:
     if snap.state == "stopping":
         lines.append("Stopping after the current step; a LoRA file and a resumable state will be saved.")
     if snap.loss is not None:
-        lrs = ", ".join(f"{name} {lr:.3g}" for name, lr in snap.lr.items())
+        lrs = lr_summary(snap.lr)
         line = f"loss {snap.loss:.4f} (epoch average {snap.average_loss:.4f}) · lr {lrs}"
         if snap.state == "running":  # speed and ETA mean nothing once the run has ended
             line += f" · {snap.it_per_s:.2f} it/s · ETA {_duration(snap.eta_s)}"
