@@ -1,4 +1,4 @@
-"""CharLoRA: train a Stable Diffusion 1.5 character LoRA from a handful of pictures."""
+"""CharLoRA: train a Stable Diffusion 1.5 or SDXL character LoRA from a handful of pictures."""
 
 import logging
 

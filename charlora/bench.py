@@ -139,7 +139,7 @@ def run_bench(shape: str = "tiny", resolution: int | None = None, batch: int = 1
                       max_resolution=f"{resolution},{resolution}", min_bucket_reso=min(256, resolution),
                       max_train_steps=warmup + steps, save_every_n_epochs=0, save_every_n_steps=0,
                       sample_every_n_epochs=0, sample_every_n_steps=0, seed=1234, caption_extension=".txt",
-                      max_data_loader_n_workers=0, lr_warmup=0)
+                      max_data_loader_n_workers=0, lr_warmup=0, sdxl=shape.endswith("sdxl"))
         values = normalize(values).values
         from .train import train
 

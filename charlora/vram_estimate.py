@@ -39,8 +39,8 @@ from typing import Any
 
 from .vram.activations import text_encoder_activation_bytes, unet_activation_bytes
 from .vram.coefficients import ALLOCATOR_OVERHEAD_FRACTION, CUDA_CONTEXT_BYTES, VAE_ENCODE_BYTES_PER_PIXEL
-from .vram.model_sizes import (GIB, MIB, SD15_UNET_PARAMS, TOKENS_PER_CHUNK, lora_tensor_shapes, model_sizes,  # noqa: F401 (SD15_UNET_PARAMS: read from here too)
-                               trained_parts)
+from .vram.model_sizes import (GIB, MIB, SD15, SD15_UNET_PARAMS, SDXL, TOKENS_PER_CHUNK,  # noqa: F401 (SD15_UNET_PARAMS: read from here too)
+                               lora_tensor_shapes, model_sizes, trained_parts)
 from .vram.optimizer_state import optimizer_state_bytes
 PARTS = ("weights", "lora_parameters", "lora_gradients", "optimizer_state", "activations", "cuda_context",
          "allocator_overhead")
@@ -157,7 +157,8 @@ class Workload:
                    rank=int(values["network_dim"]), batch=int(values["train_batch_size"]), train_unet=train_unet,
                    train_te=train_te, sampling=sampling,
                    cached=bool(values["cache_latents"] or values["cache_latents_to_disk"]),
-                   te_on_gpu=train_te or captions_change or sampling, width=width, height=height,
+                   te_on_gpu=train_te or captions_change or (sampling and not values["sdxl_cache_text_encoder_outputs"]),
+                   width=width, height=height,
                    context_tokens=tokens + 2,  # the UNet sees the chunks joined (train/text.py)
                    te_tokens=TOKENS_PER_CHUNK * math.ceil(tokens / (TOKENS_PER_CHUNK - 2)),  # each chunk
                    plain_attention=values["xformers"] == "none", checkpointing=bool(values["gradient_checkpointing"]))
@@ -173,7 +174,7 @@ def estimate_vram(values: dict, gpu_total_bytes: int | None = None) -> VramEstim
     te_on_gpu, vae_on_gpu, width, height = wl.te_on_gpu, wl.vae_on_gpu, wl.width, wl.height
     h, w = wl.latent
 
-    sizes = model_sizes(values["pretrained_model_name_or_path"], values["sdxl"])
+    sizes = model_sizes(values["pretrained_model_name_or_path"], SDXL if values["sdxl"] else SD15)
     arch = sizes.arch
     weights = sizes.unet * weight_bytes
     weights += sizes.text_encoder * weight_bytes if te_on_gpu else 0

@@ -116,3 +116,10 @@ def test_the_training_tab_sums_block_lrs_up():
     assert lr_summary({"unet": 1e-4, "text_encoder": 5e-5}) == "unet 0.0001, text_encoder 5e-05"
     assert lr_summary({"unet_block12": 1e-3, "unet_block16": 5e-4, "text_encoder": 5e-4}) == \
         "unet 0.0005-0.001 (2 blocks), text_encoder 0.0005"
+
+
+def test_a_lone_number_and_prodigy_are_refused():
+    with pytest.raises(ConfigError, match=r"down_lr_weight '0.5': give one number per block \(12"):
+        values(down_lr_weight="0.5")
+    with pytest.raises(ConfigError, match="Prodigy needs one learning rate"):
+        values(up_lr_weight="cosine", optimizer="Prodigy")

@@ -88,3 +88,13 @@ def test_the_users_config_moved_to_sdxl_is_told_what_to_change():
     sd15 = ve.estimate_vram(values_of("character-16gb"))
     assert estimate.activations > 4 * sd15.activations
     assert math.isclose(estimate.weights / GIB, 6.31, abs_tol=0.01)
+
+
+def test_the_text_encoder_cache_flag_takes_the_encoders_off_the_gpu_even_with_samples():
+    sampling = values_of("sdxl-character-12gb-lowvram", sample_every_n_epochs=1,
+                         sample_prompts="wwaa girl --w 1024 --h 1024")
+    kept = values_of("sdxl-character-12gb-lowvram", sample_every_n_epochs=1, sample_prompts="wwaa girl",
+                     sdxl_cache_text_encoder_outputs=False)
+    vae = vm.SDXL.vae_params * 4  # sampling keeps the VAE on the GPU
+    assert ve.estimate_vram(sampling).weights == vm.SDXL.unet_params * 2 + vae
+    assert ve.estimate_vram(kept).weights == (vm.SDXL.unet_params + vm.SDXL.text_encoder_params) * 2 + vae

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 
+from charlora.errors import CharLoRAError
 from charlora.lora import LoRANetwork, LoRASettings, kohya_names, load_lora_weights
 from charlora.models import SDXL_CONFIG_DIR
 from charlora.models.loading import load_base_model
@@ -286,6 +287,7 @@ def test_grid_and_score_render_sdxl_loras(trained, tiny_sdxl, data, tmp_path):
                     y_kind="cfg", y_values="7", steps=2, width=64, height=64, seed=5)
     result = build_grid(spec, renderer)
     assert len(result.grids) == 1 and len(result.cells) == 3
+    assert any("SDXL draws best at 1024 px; at 64x64" in w for w in result.warnings)
     base, epoch1, final = (np.asarray(Image.open(p).convert("RGB")) for p in result.cells)
     assert not np.array_equal(base, final) and not np.array_equal(epoch1, final)
     assert "Lora hashes" in Image.open(result.cells[2]).text["parameters"]
@@ -317,3 +319,48 @@ def test_a_v_prediction_sdxl_model_is_named_and_trains(tiny_sdxl, data, tmp_path
     assert on.status == "completed" and on.losses != off.losses
     with safe_open(str(tmp_path / "on" / "tiny-demo.safetensors"), "pt") as fh:
         assert fh.metadata()["modelspec.prediction_type"] == "v"
+
+
+def test_sdxl_advice_and_warnings(tiny_sdxl, data, tmp_path):
+    from charlora.params import load_config as load
+    from charlora.train.setup import oom_advice
+
+    loaded = load(REPO / "presets" / "sdxl-character-16gb.json", ["clip_skip=2"])
+    assert any("clip_skip = 2 has no effect on SDXL" in w for w in loaded.warnings)
+    advice = oom_advice(loaded.values, 3, [])
+    assert "sdxl_cache_text_encoder_outputs" in advice and "512,512" not in advice
+
+
+def test_v_pred_files_and_watermarks(tiny_sdxl, tmp_path):
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_sdxl.single_file), "pt") as fh:
+        metadata = fh.metadata()
+    vpred = tmp_path / "vpred.safetensors"
+    save_file(dict(load_file(str(tiny_sdxl.single_file)), v_pred=torch.zeros(0)), str(vpred), metadata=metadata)
+    pipe = load_base_model(vpred)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # the grid and samples draw it as v-pred
+    plain = load_base_model(tiny_sdxl.single_file)
+    assert plain.scheduler.config.prediction_type == "epsilon"
+    assert getattr(plain, "watermark", None) is None  # no invisible watermark on samples and grid cells
+    # training samples of a v_parameterization run are drawn as v-prediction too
+    from charlora.train.sampling import SamplePrompt, generate_samples
+
+    prompt = [SamplePrompt("wwaa girl", "", 64, 64, 3, 7.0, 1)]
+    eps = generate_samples(plain, prompt, "euler_a", torch.device("cpu"))[0]
+    vel = generate_samples(plain, prompt, "euler_a", torch.device("cpu"), v_prediction=True)[0]
+    import numpy as np
+
+    assert not np.array_equal(np.asarray(eps), np.asarray(vel))
+    assert plain.scheduler.config.prediction_type == "epsilon"  # the pipe's own scheduler is left as it was
+
+
+def test_a_lora_of_the_other_family_is_named_in_the_grid(trained, tiny_model, tmp_path):
+    from charlora.evaluate import Renderer
+    from charlora.evaluate.render import Cell
+
+    _, _, out = trained
+    renderer = Renderer(str(tiny_model.single_file), device="cpu")
+    cell = Cell("a girl", "", 7.0, 1, 2, "euler_a", [(out / "tiny-demo.safetensors", 1.0, 1.0)], ("", "", ""))
+    with pytest.raises(CharLoRAError, match="is an SDXL LoRA, but the base model is SD 1.5"):
+        renderer.render(cell, 64, 64)

@@ -22,7 +22,7 @@ SUBCOMMANDS = (config_cmd, params_cmd, dataset_cmd, train_cmd, evaluate_cmd, lor
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m charlora",
-        description="CharLoRA: train a Stable Diffusion 1.5 character LoRA (Kohya-compatible), headless.",
+        description="CharLoRA: train a Stable Diffusion 1.5 or SDXL character LoRA (Kohya-compatible), headless.",
         epilog="The GUI: python gui.py. Every subcommand has --help.",
     )
     parser.add_argument("--version", action="version", version=f"CharLoRA {__version__}")

@@ -41,7 +41,7 @@ def _option(parser, key: str, flag: str | None = None, **extra) -> None:
 
 
 def _common(parser, lora: str = "folder") -> None:
-    parser.add_argument("--base-model", required=True, help="SD 1.5 model: file, diffusers folder or Hub id")
+    parser.add_argument("--base-model", required=True, help="SD 1.5 or SDXL model: file, diffusers folder or Hub id")
     for key in ("negative", "steps", "cfg", "sampler"):
         _option(parser, key)
     width, height = EVALUATION["width"].default, EVALUATION["height"].default

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CharLoRAError
+from ..models import SDXL, family_of
 from ..params.evaluation import EVALUATION
 from ..train.sampling import SAMPLER_CHOICES, sampler_name
 from .axes import AXIS_KINDS, AXIS_TITLES, apply_prompt_sr, axis_label, parse_axis_values
@@ -265,6 +266,9 @@ def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, 
     index = LoraIndex(spec.lora_folder)
     grids, warnings, labels = plan_cells(spec, index)
     renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
+    if family_of(renderer.pipe) is SDXL and max(spec.width, spec.height) < 768:
+        warnings.append(f"SDXL draws best at 1024 px; at {spec.width}x{spec.height} its images (and so the "
+                        "comparison) are poorer: set width and height to the run's resolution")
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     total = sum(len(row) for rows in grids for row in rows)

@@ -48,7 +48,8 @@ def check_settings(settings: GenerationSettings) -> None:
     for name in ("width", "height"):
         value, side = getattr(settings, name), EVALUATION[name]
         if not isinstance(value, int) or not side.min <= value <= side.max:
-            raise EvaluationError(f"{name} {value!r}: use {side.min:g} to {side.max:g} pixels (SD 1.5 is made for 512)")
+            raise EvaluationError(f"{name} {value!r}: use {side.min:g} to {side.max:g} pixels (SD 1.5 is made for 512, "
+                                  "SDXL for 1024)")
 
 
 def output_folder(path) -> Path:
@@ -93,6 +94,7 @@ class Renderer:
         key = (path.resolve(), stat.st_mtime_ns, stat.st_size)  # a retrained file of the same name is new
         if key not in self.adapters:
             _check_finite(path)
+            _check_family(path, family_of(self.pipe))
             self.merged.restore()  # peft adds the new adapter to unmerged layers
             name = f"lora{len(self.adapters)}"  # peft adapter names must be plain identifiers
             try:
@@ -121,6 +123,20 @@ class Renderer:
         sample = SamplePrompt(cell.prompt, cell.negative, width, height, cell.steps, cell.cfg, cell.seed,
                               sampler=cell.sampler)
         return generate_samples(self.pipe, [sample], cell.sampler, self.device, clip_skip=self.clip_skip)[0]
+
+
+def _check_family(path: Path, family) -> None:
+    """An SD 1.5 LoRA on an SDXL base (or the other way round) loads partly or fails obscurely: name it."""
+    from ..lora.kohya_file import LoRAFileError, lora_family, read_header
+
+    try:
+        found = lora_family(read_header(path))
+    except LoRAFileError:
+        return  # not a Kohya file: load_lora_weights says what is wrong
+    if found != family.arch:
+        names = {"sd1": "SD 1.5", "sdxl": "SDXL"}
+        raise CharLoRAError(f"{path.name} is an {names[found]} LoRA, but the base model is {family.name}: choose "
+                            f"the {names[found]} base model it was trained on, or a LoRA trained on {family.name}")
 
 
 def _check_finite(path: Path) -> None:

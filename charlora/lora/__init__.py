@@ -1,4 +1,4 @@
-"""LoRA on Kohya's SD 1.5 targets (with peft), Kohya's file format, and inspection."""
+"""LoRA on Kohya's SD 1.5 and SDXL targets (with peft), Kohya's file format, and inspection."""
 
 from .kohya_file import LoRAFileError, classify, file_rank, load_lora_weights, read_header, save_lora
 from .metadata import RunInfo, build_metadata, dataset_info

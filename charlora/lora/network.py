@@ -1,4 +1,4 @@
-"""LoRA on Kohya's SD 1.5 targets, with peft.
+"""LoRA on Kohya's SD 1.5 and SDXL targets, with peft.
 
 peft's LoRA layers are exactly Kohya's: `lora_A` is Kohya's `lora_down` (kaiming-uniform init),
 `lora_B` is `lora_up` (zeros, so training starts from the base model), the effect is

@@ -34,6 +34,8 @@ ARCHITECTURE_NAMES = {
 }
 PICK_SD15 = "Choose an SD 1.5 base model instead (e.g. v1-5-pruned-emaonly.safetensors or an SD 1.5 fine-tune)."
 PICK_SDXL = "Choose an SDXL base model (e.g. sd_xl_base_1.0.safetensors or an SDXL fine-tune)."
+PICK_ANY = ("Choose an SD 1.5 or SDXL base model instead (e.g. v1-5-pruned-emaonly.safetensors, "
+            "sd_xl_base_1.0.safetensors or a fine-tune of either).")
 _LORA_MARKERS = ("lora_down.", "lora_up.", "lora_A.", "lora_B.", "hada_w1", "lokr_w1")
 
 
@@ -209,7 +211,7 @@ def refusal(path, arch, shapes):
     if arch == "lora":
         return ModelLoadError(
             f"{path} is a LoRA, not a base model (it has keys like '{keys[0]}'). A LoRA belongs in the LoRA "
-            f"field; as the base model choose a full SD 1.5 checkpoint (about 2 to 4 GB)."
+            f"field; as the base model choose a full SD 1.5 or SDXL checkpoint (about 2 to 7 GB)."
         )
     if arch == "sdxl-refiner":
         return ModelLoadError(f"{path} is the SDXL refiner, which only polishes finished images; LoRAs are trained "
@@ -224,7 +226,7 @@ def refusal(path, arch, shapes):
     if arch == "sd2":
         return ModelLoadError(
             f"{path} is a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder, 1024-wide cross-attention); "
-            f"CharLoRA trains SD 1.5 LoRAs only. {PICK_SD15}"
+            f"CharLoRA trains SD 1.5 and SDXL LoRAs. {PICK_SD15}"
         )
     if arch == "sd1-variant":
         channels = shapes[sd_layout.UNET_PREFIX + "input_blocks.0.0.weight"][0][1]
@@ -238,12 +240,12 @@ def refusal(path, arch, shapes):
             "Use a complete checkpoint that holds all three."
         )
     if arch == "embedding":
-        return ModelLoadError(f"{path} is a textual-inversion embedding, not a base model. {PICK_SD15}")
+        return ModelLoadError(f"{path} is a textual-inversion embedding, not a base model. {PICK_ANY}")
     if arch == "vae":
-        return ModelLoadError(f"{path} is a VAE on its own, not a full base model. {PICK_SD15}")
+        return ModelLoadError(f"{path} is a VAE on its own, not a full base model. {PICK_ANY}")
     return ModelLoadError(
-        f"{path} is not a Stable Diffusion 1.5 checkpoint: none of its {len(keys)} tensors are laid out like one "
-        f"(first keys: {keys[:3]}). {PICK_SD15}"
+        f"{path} is not a Stable Diffusion 1.5 checkpoint (nor an SDXL one): none of its {len(keys)} tensors are "
+        f"laid out like one (first keys: {keys[:3]}). {PICK_ANY}"
     )
 
 

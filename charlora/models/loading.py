@@ -103,8 +103,7 @@ def _pipeline_from_single_file(path, dtype, device):
     family = FAMILIES[arch]
     components = _own_components(path, metadata)
     pipeline = getattr(diffusers, family.pipeline)
-    extra = {} if family is SDXL else {"safety_checker": None, "feature_extractor": None,
-                                       "requires_safety_checker": False}
+    extra = _pipeline_extras(family)
     with config_folder(path, components, family) as folder:
         check_fits(path, shapes, folder, family)
         # diffusers warns about casting "modules kept in float32" (there are none here) and shows a
@@ -118,7 +117,17 @@ def _pipeline_from_single_file(path, dtype, device):
                     f"{path}: diffusers could not build the model from it ({type(error).__name__}: {error}). "
                     f"The file may be damaged: download it again. {PICK_SD15 if family is SD15 else PICK_SDXL}"
                 ) from error
+    if "v_pred" in shapes:  # NoobAI-style v-prediction files mark themselves so (ComfyUI and Forge read it)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
     return _to_device(pipe, device)
+
+
+def _pipeline_extras(family: Family) -> dict:
+    """SD 1.5: no safety checker (a LoRA's samples and grids are the user's own images). SDXL: no invisible
+    watermark (with invisible-watermark installed diffusers would stamp every sample and grid cell)."""
+    if family is SDXL:
+        return {"add_watermarker": False}
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 @contextlib.contextmanager
@@ -160,7 +169,7 @@ def _check_diffusers_folder(folder) -> Family:
             return family
     raise ModelLoadError(
         f"{folder} holds a {class_name or 'unknown'} model, not a StableDiffusionPipeline or "
-        f"StableDiffusionXLPipeline (SD 1.5 or SDXL). {PICK_SD15}"
+        f"StableDiffusionXLPipeline (SD 1.5 or SDXL). {PICK_SDXL if 'XL' in class_name else PICK_SD15}"
     )
 
 
@@ -199,9 +208,9 @@ def _from_pretrained(name, dtype, device, local, family: Family | None = None):
             class_name = diffusers.DiffusionPipeline.load_config(name).get("_class_name", "")
             family = next((f for f in FAMILIES.values() if f.pipeline == class_name), None)
             if family is None:
-                raise ModelLoadError(f"{name} is a {class_name or 'unknown'} model, not SD 1.5 or SDXL. {PICK_SD15}")
-        extra = {} if family is SDXL else {"safety_checker": None, "feature_extractor": None,
-                                           "requires_safety_checker": False}
+                pick = PICK_SDXL if "XL" in class_name else PICK_SD15
+                raise ModelLoadError(f"{name} is a {class_name or 'unknown'} model, not SD 1.5 or SDXL. {pick}")
+        extra = _pipeline_extras(family)
         pipe = getattr(diffusers, family.pipeline).from_pretrained(name, dtype=dtype, local_files_only=local,
                                                                    **extra)
     except ModelLoadError:

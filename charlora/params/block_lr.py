@@ -43,9 +43,12 @@ def parse_weights(text, key: str, length: int) -> list[float] | None:
         return None
     if "," not in text and key != "mid_lr_weight":
         try:
-            return [float(text)]  # sd-scripts reads a lone number as a curve name and fails; one weight here
+            float(text)
         except ValueError:
             return _curve(text, key, length)
+        # sd-scripts reads it as a curve name and fails; and its first slot is conv_in's, which has no LoRA
+        raise ValueError(f"{key} {text!r}: give one number per block ({length}, separated by commas) or a curve "
+                         f"({', '.join(CURVES)})")
     try:
         return [float(item) if item.strip() else 0.0 for item in text.split(",")]
     except ValueError:

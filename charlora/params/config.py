@@ -73,6 +73,9 @@ def normalize(raw: Mapping[str, Any], source: str | None = None) -> LoadedConfig
         problems = cross_check(values)
     if problems:
         raise ConfigError(problems, source)
+    if values["sdxl"] and values["clip_skip"] > 1:
+        warnings.append(f"clip_skip = {values['clip_skip']} has no effect on SDXL: both text encoders' "
+                        "penultimate layers are used, as in sd-scripts (which warns the same)")
     return LoadedConfig(values, warnings, source)
 
 
@@ -101,6 +104,10 @@ def cross_check(values: Mapping[str, Any]) -> list[str]:
     if values["sdxl"]:
         problems += _sdxl_problems(values)
     problems += block_lr.check(values)
+    if values["optimizer"] == "Prodigy" and any(str(values[key]).strip() for key in block_lr.KEYS):
+        problems.append("Prodigy needs one learning rate for everything it trains, and down_lr_weight / "
+                        "mid_lr_weight / up_lr_weight give each UNet block its own: clear them or choose "
+                        "another optimizer")
     return problems
 
 

@@ -23,7 +23,7 @@ EVALUATION_PARAMS: tuple[Param, ...] = (
           help="Kohya's or A1111's sampler name, any case (euler_a, dpmsolver++, \"Euler a\", "
                "\"DPM++ 2M Karras\", ...)."),
     Param("width", "int", 512, "generation", min=64, max=2048, label="Width",
-          help="Image width in pixels (SD 1.5 draws at 512; past 2048 one image needs many GB)."),
+          help="Image width in pixels (SD 1.5 draws at 512, SDXL at 1024; past 2048 one image needs many GB)."),
     Param("height", "int", 512, "generation", min=64, max=2048, label="Height", help="Image height in pixels."),
     Param("clip_skip", "int", 1, "generation", min=1, max=12, label="Clip skip",
           help="Text-encoder layers skipped from the end, as in A1111 (1 = none)."),

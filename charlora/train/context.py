@@ -127,8 +127,11 @@ def prepare_run(values: dict, place: Place, emit: Emitter, given_pipe=None) -> R
     set_seed(seed)
 
     plan = setup.plan_dataset(v, place.world, emit)
-    pipe = setup.prepare_model(given_pipe, precision) if given_pipe is not None \
-        else setup.load_model(v, precision, emit)
+    if given_pipe is not None:
+        setup.check_family(v, family_of(given_pipe))
+        pipe = setup.prepare_model(given_pipe, precision)
+    else:
+        pipe = setup.load_model(v, precision, emit)
     attention = setup.set_attention(pipe, v, emit)
     # Kohya's training schedule, whatever scheduler the checkpoint came with
     noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -173,7 +176,9 @@ def cache_text_states(ctx: RunContext, emit: Emitter) -> dict | None:
             hidden, pooled = encode_captions(pipe, chunk, v, ctx.device)
             cache.update({c: (hidden[i:i + 1].to(dtype), None if pooled is None else pooled[i:i + 1].to(dtype))
                           for i, c in enumerate(chunk)})
-    if ctx.device.type == "cuda" and not v["sample_every_n_epochs"] and not v["sample_every_n_steps"]:
+    sampling = v["sample_every_n_epochs"] or v["sample_every_n_steps"]
+    # sdxl_cache_text_encoder_outputs: off the GPU even with samples (they come back for each sampling)
+    if ctx.device.type == "cuda" and (v["sdxl_cache_text_encoder_outputs"] or not sampling):
         for name in family_of(pipe).text_encoders:
             getattr(pipe, name).to("cpu")
     emit.info(f"text encoder outputs cached for {len(cache)} caption(s) (the text encoder is not trained)")

@@ -63,7 +63,7 @@ class Step(Event):
     epoch: int
     loss: float
     average_loss: float
-    lr: dict  # "unet"/"text_encoder" -> current lr
+    lr: dict  # optimizer group -> current lr: "unet" (or "unet_block<N>" with block-wise lrs), "text_encoder"
     it_per_s: float
     eta_s: float
 

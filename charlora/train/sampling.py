@@ -278,12 +278,13 @@ def _embeddings(pipe, prompt, negative, device, clip_skip, max_token_length) -> 
     return embeds
 
 
-def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_length=CHUNK):
+def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_length=CHUNK, v_prediction=False):
     """One image per prompt with `pipe` (an SD 1.5 or SDXL pipeline already holding the LoRA).
 
     Each prompt's seed seeds its own CPU generator (a prompt without --d gets a random seed); the
     pipe's scheduler and the global torch RNG state are restored afterwards, so sampling does not
-    change the training run. The pipe's modules must already be on `device`.
+    change the training run. The pipe's modules must already be on `device`. `v_prediction`: the model
+    predicts velocity (v_parameterization), whatever its scheduler config says (sd-scripts' get_my_scheduler).
     """
     original_scheduler = pipe.scheduler
     rng_state = torch.get_rng_state()  # sd-scripts restores the RNG after sampling too
@@ -298,7 +299,8 @@ def generate_samples(pipe, prompts, sampler, device, clip_skip=None, max_token_l
                     f"sample prompt {sample.prompt!r}: the {name} sampler needs at least {PNDM_MIN_STEPS} steps "
                     f"(--s {sample.steps}); raise --s or choose another sampler"
                 )
-            pipe.scheduler = make_sampler(name, original_scheduler.config)
+            config = dict(original_scheduler.config, **({"prediction_type": "v_prediction"} if v_prediction else {}))
+            pipe.scheduler = make_sampler(name, config)
             seed = sample.seed if sample.seed is not None else torch.Generator().seed()
             generator = torch.Generator(device="cpu").manual_seed(seed)
             with torch.no_grad():
@@ -342,21 +344,26 @@ def training_samples(ctx, step: int, epoch: int, at_epoch_end: bool, writer=None
     prompts = parse_prompts(v["sample_prompts"], {"width": width, "height": height})
     folder = place.output_dir / "sample"
     folder.mkdir(exist_ok=True)
-    vae_device = next(pipe.vae.parameters()).device
-    pipe.vae.to(ctx.device)
+    # the VAE and the text encoders may have left the GPU (latent / text-encoder output caches): back for now
+    parked = [(model, next(model.parameters()).device)
+              for model in [pipe.vae] + [getattr(pipe, name) for name in family_of(pipe).text_encoders]]
+    for model, _ in parked:
+        model.to(ctx.device)
     rng_state = torch.get_rng_state()  # sampling must not change the training's random stream
     try:
         pipe.unet.eval()
         for name in family_of(pipe).text_encoders:
             getattr(pipe, name).eval()
         images = generate_samples(pipe, prompts, v["sample_sampler"], ctx.device, clip_skip=v["clip_skip"],
-                                  max_token_length=v["max_token_length"])
+                                  max_token_length=v["max_token_length"],
+                                  v_prediction=v["v_parameterization"])
     finally:
         torch.set_rng_state(rng_state)
         pipe.unet.train()
         for name in family_of(pipe).text_encoders:
             getattr(pipe, name).train(ctx.network.settings.train_text_encoder)
-        pipe.vae.to(vae_device)
+        for model, device in parked:
+            model.to(device)
     paths = []
     for index, (prompt, image) in enumerate(zip(prompts, images)):
         path = folder / sample_filename(place.name, step, index, prompt.seed, epoch=epoch if at_epoch_end else None)

@@ -14,7 +14,7 @@ from ..errors import CharLoRAError
 from ..lora import LoRANetwork, LoRASettings, file_rank, load_lora_weights
 from ..models import SDXL, family_of
 from ..params.block_lr import block_lr_weights
-from ..models.checkpoint_file import marks_v_prediction
+from ..models.checkpoint_file import base_model_family, marks_v_prediction
 from ..models.loading import load_base_model
 from .events import Emitter
 
@@ -80,6 +80,9 @@ def resolve_seed(values: dict, state) -> int:
 
 
 def load_model(values: dict, precision: Precision, emit: Emitter):
+    family = base_model_family(values["pretrained_model_name_or_path"])
+    if family is not None:  # from the file's header: a mismatch named before a multi-GB load
+        check_family(values, family)
     emit.info(f"loading base model {values['pretrained_model_name_or_path']}")
     pipe = load_base_model(values["pretrained_model_name_or_path"], dtype=precision.weight_dtype,
                            device=precision.device)
@@ -252,9 +255,15 @@ def oom_advice(values: dict, step: int, files: list) -> str:
         tips.append(f"lower train_batch_size (now {v['train_batch_size']})")
     if not v["gradient_checkpointing"]:
         tips.append("turn on gradient_checkpointing (much less memory, ~30% slower)")
-    if v["max_resolution"] != "512,512":
+    if v["sdxl"]:  # SDXL is made for 1024 px: let the text encoders and the rank go first
+        if not v["sdxl_cache_text_encoder_outputs"]:
+            tips.append("train the UNet only (text_encoder_lr 0) with sdxl_cache_text_encoder_outputs on (the "
+                        "text encoders leave the GPU)")
+        if v["network_dim"] > 8:
+            tips.append(f"lower network_dim to 8-16 (now {v['network_dim']})")
+    elif v["max_resolution"] != "512,512":
         tips.append(f"train at 512,512 (now {v['max_resolution']})")
-    if v["network_dim"] > 32:
+    if v["network_dim"] > 32 and not v["sdxl"]:
         tips.append(f"lower network_dim (now {v['network_dim']})")
     if v["optimizer"] not in ("AdamW8bit", "Lion8bit"):
         tips.append("use optimizer AdamW8bit")

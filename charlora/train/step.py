@@ -65,7 +65,9 @@ def step_loss(ctx: RunContext, batch: dict, text_cache: dict | None, train_te: b
         extra = {}
         if pooled is not None:  # SDXL: the pooled text and the six size numbers, embedded by the UNet
             extra["added_cond_kwargs"] = {"text_embeds": pooled.to(weight_dtype),
-                                          "time_ids": batch["time_ids"][lo:hi].to(ctx.device, weight_dtype)}
+                                          # fp32: in fp16/bf16 sizes such as 1365 would round before being
+                                          # embedded; sd-scripts embeds the exact integers
+                                          "time_ids": batch["time_ids"][lo:hi].to(ctx.device, torch.float32)}
         prediction = ctx.pipe.unet(noisy.to(weight_dtype), timesteps, hidden.to(weight_dtype), **extra).sample
     target = noise_fn.training_target(ctx.noise_scheduler, latents, noise, timesteps, v["v_parameterization"])
     per_sample = noise_fn.per_sample_loss(prediction.float(), target.float(), weights, timesteps, v,

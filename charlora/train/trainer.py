@@ -1,4 +1,4 @@
-"""The training loop: SD 1.5 LoRA training as Kohya's train_network does it.
+"""The training loop: SD 1.5 and SDXL LoRA training as Kohya's train_network / sdxl_train_network do it.
 
 The run is built once by `context.prepare_run`; each step's loss is `step.step_loss`; this module runs the
 steps: gradient accumulation (accelerate's `accumulate`), the optimizer step, losses read back and reported, files saved on Kohya's

@@ -191,9 +191,11 @@ def wire(tab: EvaluationTab, params: ParametersTab, demo, timer) -> None:
         try:
             v = current_config(params, data).values
         except ConfigError as exc:
-            return [gr.skip()] * 4 + [gr.update(value=str(exc))]
-        return [v["pretrained_model_name_or_path"], v["output_dir"], v["output_name"], v["train_data_dir"],
-                gr.update(value="Filled from the Parameters tab.")]
+            return [gr.skip()] * 6 + [gr.update(value=str(exc))]
+        # the run's training size: what its base model draws best (512 for SD 1.5, 1024 for SDXL)
+        width, height = (int(side) for side in v["max_resolution"].split(","))
+        return [v["pretrained_model_name_or_path"], v["output_dir"], v["output_name"], v["train_data_dir"], width,
+                height, gr.update(value="Filled from the Parameters tab (size: the run's training resolution).")]
 
     def list_checkpoints(data):
         found = run_files(Path(data[f["lora_folder"]] or "."), data[f["name"]] or "")
@@ -290,7 +292,8 @@ def wire(tab: EvaluationTab, params: ParametersTab, demo, timer) -> None:
         return gr.update(value=text)
 
     tab.from_run.click(from_run, inputs=params.components(),
-                       outputs=[f["base_model"], f["lora_folder"], f["name"], f["train_data_dir"], tab.message])
+                       outputs=[f["base_model"], f["lora_folder"], f["name"], f["train_data_dir"], f["width"],
+                                f["height"], tab.message])
     tab.list_checkpoints.click(list_checkpoints, inputs=inputs, outputs=[f["x_values"], tab.message])
     tab.grid.click(grid, inputs=inputs, outputs=[tab.message, tab.seen], concurrency_limit=None)
     tab.seeds.click(seeds, inputs=inputs, outputs=[tab.message, tab.seen], concurrency_limit=None)

@@ -303,13 +303,13 @@ def _sizes_from_folder(folder: Path) -> ModelSizes:
     return ModelSizes(counts["unet"], counts["vae"], text, tuple(targets), "sizes from the model folder", arch)
 
 
-def model_sizes(source: str, sdxl: bool = False) -> ModelSizes:
+def model_sizes(source: str, fallback: Architecture = SD15) -> ModelSizes:
     """The sizes of the model at `source` (pretrained_model_name_or_path), from its .safetensors headers:
-    a single file in the SD or SDXL layout or a diffusers folder. When it cannot be read so cheaply, SD 1.5's
-    sizes, or SDXL base's with `sdxl` (the setting)."""
+    a single file in the SD or SDXL layout or a diffusers folder. When it cannot be read so cheaply, the
+    `fallback` architecture's (the estimate passes SDXL when the sdxl setting is on)."""
     from ..params.spec import strip_quotes
 
-    arch = SDXL if sdxl else SD15
+    arch = fallback
     text = strip_quotes(str(source or ""))
     if not text:
         return default_sizes(None, arch)
