@@ -101,3 +101,11 @@ def test_evaluation_poll_shows_a_failure_that_came_before_the_start_reply():
     assert 'data-state="failed"' in bar
     assert "Seeds failed" in message and "girl-9" in message
     assert outputs[2]["value"] is None  # no earlier job's image left under the error
+
+
+def test_whole_number_axes_get_no_fractional_ticks():
+    import re
+
+    svg = line_chart({"identity": [(1.0, 0.93), (2.0, 0.94)]}, "Scores over epochs", "epoch", "score")
+    x_labels = re.findall(r'text-anchor="middle" fill="#444">([^<]+)<', svg)
+    assert x_labels == ["1", "2"]  # epochs 1 and 2, not 1.2, 1.4 ...

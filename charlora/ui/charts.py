@@ -78,7 +78,10 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
     for t in _ticks(y_low, y_high):
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#e5e7eb"/>'
                      f'<text x="{LEFT - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" fill="#444">{_label(t)}</text>')
-    for t in _ticks(x_low, x_high):
+    x_ticks = _ticks(x_low, x_high)
+    if all(float(x).is_integer() for x, _ in points):  # epochs, steps: no tick between two of them
+        x_ticks = [t for t in x_ticks if float(t).is_integer()] or sorted({x for x, _ in points})
+    for t in x_ticks:
         parts.append(f'<text x="{sx(t):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" fill="#444">'
                      f'{_label(t)}</text>')
     parts.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#9ca3af"/>'
