@@ -266,7 +266,8 @@ def build_grid(spec: GridSpec, renderer: Renderer | None = None, progress=None, 
     index = LoraIndex(spec.lora_folder)
     grids, warnings, labels = plan_cells(spec, index)
     renderer = renderer or Renderer(spec.base_model, clip_skip=spec.clip_skip)
-    if family_of(renderer.pipe) is SDXL and max(spec.width, spec.height) < 768:
+    pipe = getattr(renderer, "pipe", None)  # a renderer stand-in (tests) may have none
+    if pipe is not None and family_of(pipe) is SDXL and max(spec.width, spec.height) < 768:
         warnings.append(f"SDXL draws best at 1024 px; at {spec.width}x{spec.height} its images (and so the "
                         "comparison) are poorer: set width and height to the run's resolution")
     out.mkdir(parents=True, exist_ok=True)
