@@ -111,11 +111,12 @@ def check_family(values: dict, family) -> None:
     """The `sdxl` setting must say what the base model is (Kohya's scripts fail obscurely when it does not)."""
     model = values["pretrained_model_name_or_path"]
     if family is SDXL and not values["sdxl"]:
-        raise CharLoRAError(f"the base model {model} is an SDXL model, but sdxl is off: turn sdxl on (Parameters, "
-                            "Source model) to train an SDXL LoRA, or choose an SD 1.5 base model")
+        raise CharLoRAError(f"the base model {model} is an SDXL model, but sdxl is off: turn sdxl on to train an "
+                            "SDXL LoRA (the app's SDXL model box, `--set sdxl=true`, or an SDXL preset such as "
+                            "sdxl-character-16gb), or choose an SD 1.5 base model")
     if family is not SDXL and values["sdxl"]:
-        raise CharLoRAError(f"sdxl is on, but the base model {model} is an {family.name} model: turn sdxl off, or "
-                            "choose an SDXL base model")
+        raise CharLoRAError(f"sdxl is on, but the base model {model} is an {family.name} model: turn sdxl off (the "
+                            "app's SDXL model box, or `--set sdxl=false`), or choose an SDXL base model")
 
 
 def prepare_model(pipe, precision: Precision):
