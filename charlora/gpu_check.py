@@ -1,6 +1,6 @@
 """The prepared GPU check: one command, one JSON, for the moment a machine with an NVIDIA GPU is at hand.
 
-`python -m charlora gpu-check --out gpu-check.json` (about 5 minutes on one modern GPU, no network):
+`python -m charlora gpu-check --out gpu-check.json` (minutes on one modern GPU, not yet timed on one; no network):
 1. the environment (torch, CUDA, GPU, NVML reading before anything is loaded);
 2. the user's config (fp16 + AdamW8bit + SDPA, rank 128, cached latents) on the SD 1.5 shape at
    512 px: batch 1 and 4, with and without gradient checkpointing — s/step, samples/s, phase split,
