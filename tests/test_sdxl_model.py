@@ -202,3 +202,13 @@ def test_training_names_an_sdxl_base_model_with_sdxl_off(tiny_sdxl, tmp_path):
     result = train(values)
     assert result.status == "failed"
     assert "is an SDXL model, but sdxl is off" in result.message and str(tiny_sdxl.single_file) in result.message
+
+
+def test_extra_tensors_real_sdxl_files_carry_load(tiny_sdxl, original_sd, metadata, tmp_path, no_network):
+    """sd_xl_base_1.0.safetensors also holds text encoder 1's position_ids and open_clip's logit_scale (and
+    v-pred fine-tunes an empty v_pred): none of them is a weight the models need, and none stops the load."""
+    path = tmp_path / "with-extras.safetensors"
+    extras = {"conditioner.embedders.0.transformer.text_model.embeddings.position_ids":
+              torch.arange(77, dtype=torch.int64)[None], "conditioner.embedders.1.model.logit_scale": torch.tensor(4.6)}
+    save_file(dict(original_sd, **extras), str(path), metadata=metadata)
+    _assert_same_weights(load_base_model(path), load_base_model(tiny_sdxl.single_file))
