@@ -431,3 +431,28 @@ def test_accumulation_steps_at_the_end_of_each_epoch_with_a_short_group(tiny_mod
     assert [s.epoch for s in steps] == [1, 1, 1, 2, 2, 2] and len(micro) == 16
     groups = [micro[0:3], micro[3:6], micro[6:8], micro[8:11], micro[11:14], micro[14:16]]
     assert [s.loss for s in steps] == pytest.approx([sum(g) / len(g) for g in groups], rel=1e-5)
+
+
+def test_scale_weight_norms_caps_every_modules_change(tiny_model, data, tmp_path):
+    """sd-scripts' max-norm regularisation: after every step no module's up @ down * alpha/rank has a norm
+    above scale_weight_norms (without it, this run's strongest modules go past it)."""
+    cap = 0.01
+    capped = train(config(tiny_model, data, tmp_path / "capped", epoch=1, unet_lr=5e-3, text_encoder_lr=5e-3,
+                          scale_weight_norms=cap))
+    free = train(config(tiny_model, data, tmp_path / "free", epoch=1, unet_lr=5e-3, text_encoder_lr=5e-3))
+    assert capped.status == free.status == "completed"
+
+    def norms(path):
+        tensors = load_file(str(path))
+        found = {}
+        for key in tensors:
+            if key.endswith(".lora_down.weight"):
+                name = key[: -len(".lora_down.weight")]
+                down, up = tensors[key].flatten(1), tensors[f"{name}.lora_up.weight"].flatten(1)
+                found[name] = float((up @ down).norm() * tensors[f"{name}.alpha"] / down.shape[0])
+        return found
+
+    assert max(norms(tmp_path / "free" / "tiny-demo.safetensors").values()) > cap
+    assert max(norms(tmp_path / "capped" / "tiny-demo.safetensors").values()) <= cap * (1 + 1e-4)
+    with safe_open(str(tmp_path / "capped" / "tiny-demo.safetensors"), "pt") as fh:
+        assert fh.metadata()["ss_scale_weight_norms"] == "0.01"

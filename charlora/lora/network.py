@@ -134,6 +134,24 @@ class LoRANetwork:
         for _, layer in self.layers.values():
             layer.set_scale(ADAPTER, multiplier)
 
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """sd-scripts' `apply_max_norm_regularization` (scale_weight_norms): each module's weight change
+        up @ down * alpha/rank is scaled back to a Frobenius norm of at most `max_norm`, half of it taken from
+        each of up and down. Returns (modules scaled, mean norm, largest norm) after scaling, as sd-scripts logs."""
+        scaled, norms = 0, []
+        for _, layer in self.layers.values():
+            down, up = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+            change = (up.flatten(1).float() @ down.flatten(1).float()) * (layer.lora_alpha[ADAPTER] / down.shape[0])
+            norm = change.norm().clamp(min=max_norm / 2)  # sd-scripts' clamp: only a norm above max_norm moves
+            ratio = float(norm.clamp(max=max_norm) / norm)
+            if ratio != 1:
+                scaled += 1
+                up.mul_(ratio**0.5)
+                down.mul_(ratio**0.5)
+            norms.append(float(change.norm()) * ratio)
+        return scaled, sum(norms) / len(norms), max(norms)
+
     def kohya_tensors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
         """Kohya name -> (down weight, up weight, alpha), detached, on the CPU, in their own dtype."""
         out = {}

@@ -140,8 +140,9 @@ PARAMS: tuple[Param, ...] = (
           allowed=(0.0,), reason=_PEFT_DROPOUT, help="Dropout of whole rank channels."),
     Param("module_dropout", "float", 0.0, "network", min=0.0, max=1.0, step=0.01, effect="restricted",
           allowed=(0.0,), reason=_PEFT_DROPOUT, help="Chance of skipping a whole LoRA module in a step."),
-    Param("scale_weight_norms", "float", 0.0, "network", min=0.0, max=100.0, effect="restricted",
-          allowed=(0.0,), reason=_NOT_YET, help="Max-norm regularisation of LoRA weights (0 = off)."),
+    Param("scale_weight_norms", "float", 0.0, "network", min=0.0, max=100.0,
+          help="Max-norm regularisation, as sd-scripts': after each step every module's weight change is scaled "
+               "back to at most this norm (1.0 is usual; 0 = off). Keeps a LoRA from overpowering the model."),
     Param("conv_dim", "int", 1, "network", min=0, max=1024, effect="ignored", reason=_LYCORIS,
           help="Rank of 3x3 convolution layers (LoCon)."),
     Param("conv_alpha", "float", 1.0, "network", min=0.0, max=1024.0, effect="ignored", reason=_LYCORIS,

@@ -70,6 +70,7 @@ class Trainer:
         self.session_id: int | None = None  # the stopped run's ss_session_id, on resume (RunInfo draws a new run's)
         self.global_step = 0
         self.epoch = 1
+        self.max_norm_stats: tuple | None = None  # scale_weight_norms: (modules scaled, mean norm, max norm)
         self.log = RunLog()
 
     # ------------------------------------------------------------------ public
@@ -295,6 +296,8 @@ class Trainer:
         self.ctx.scaler.update()
         self.ctx.optimizer.zero_grad(set_to_none=True)
         self.ctx.lr_scheduler.step()
+        if self.values["scale_weight_norms"] > 0:
+            self.max_norm_stats = self.ctx.network.apply_max_norm(self.values["scale_weight_norms"])
         # with a scaler, inf gradients are normal (the step is skipped and the scale lowered)
         return None if self.ctx.precision.use_grad_scaler or norm is None else norm.detach()
 
@@ -305,6 +308,10 @@ class Trainer:
         eta = (self.ctx.total_steps - step) * per_step
         self.emit(Step(step, self.epoch, loss, average, lrs, it_per_s, eta))
         if self.writer is not None:
+            if self.max_norm_stats is not None:  # sd-scripts' "Keys Scaled" and "Average key norm"
+                self.writer.add_scalar("max_norm/keys_scaled", self.max_norm_stats[0], step)
+                self.writer.add_scalar("max_norm/average_key_norm", self.max_norm_stats[1], step)
+                self.writer.add_scalar("max_norm/max_key_norm", self.max_norm_stats[2], step)
             self.writer.add_scalar("loss/current", loss, step)
             self.writer.add_scalar("loss/average", average, step)
             for name, lr in lrs.items():
