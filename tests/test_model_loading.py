@@ -1,7 +1,6 @@
 """Base-model loading: SD layout mapping, the carried SD 1.5 configs/tokenizer, every load route and error."""
 
 import json
-import os
 import random
 import pathlib
 import socket
@@ -17,15 +16,13 @@ from charlora.models.checkpoint_file import describe_checkpoint
 from charlora.models.loading import SD15_CONFIG_DIR, load_base_model
 from charlora.models.tiny import COMPONENTS_METADATA_KEY
 
+from run_helpers import assert_same_weights
+
 PARTS = ("unet", "vae", "text_encoder")
 
 
 def _assert_same_weights(a, b):
-    for part in PARTS:
-        sa, sb = getattr(a, part).state_dict(), getattr(b, part).state_dict()
-        assert sa.keys() == sb.keys(), part
-        different = [k for k in sa if not torch.equal(sa[k], sb[k])]
-        assert not different, f"{part}: {different[:3]}"
+    assert_same_weights(a, b, PARTS)
 
 
 def _image(pipe):

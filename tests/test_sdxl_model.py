@@ -14,15 +14,13 @@ from charlora.models.checkpoint_file import describe_checkpoint
 from charlora.models.loading import load_base_model
 from charlora.models.sdxl_layout import diffusers_to_sgm
 
+from run_helpers import assert_same_weights
+
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 def _assert_same_weights(a, b):
-    for part in PARTS:
-        sa, sb = getattr(a, part).state_dict(), getattr(b, part).state_dict()
-        assert sa.keys() == sb.keys(), part
-        different = [k for k in sa if not torch.equal(sa[k], sb[k])]
-        assert not different, f"{part}: {different[:3]}"
+    assert_same_weights(a, b, PARTS)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ from charlora.models import SDXL_CONFIG_DIR
 from charlora.models.loading import load_base_model
 from charlora.errors import ConfigError
 from charlora.params import load_config, normalize
-from charlora.train import RunStarted, Saved, Step, StopRequest, train
+from charlora.train import RunStarted, Step, StopRequest, train
 
 from dataset_helpers import pattern, save
+from run_helpers import Recorder
 
 REPO = Path(__file__).resolve().parents[1]
 UNET_LEAVES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q",
@@ -133,17 +134,6 @@ def test_size_numbers_follow_kohya(tiny_sdxl, data):
 
 
 # --- training ---------------------------------------------------------------------------------
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 @pytest.fixture(scope="module")

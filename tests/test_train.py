@@ -18,6 +18,7 @@ from charlora.params import load_config, normalize, save_config
 from charlora.train import RunFinished, RunStarted, SamplesSaved, Saved, Step, StopRequest, train, training_command
 
 from dataset_helpers import pattern, save
+from run_helpers import Recorder
 
 REPO = Path(__file__).resolve().parents[1]
 from conftest import SEED_CONFIG  # noqa: E402
@@ -41,17 +42,6 @@ def config(tiny_model, data, out, **overrides):
                   output_dir=str(out), seed=1234)
     values.update(overrides)
     return normalize(values).values
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def __call__(self, event):
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 def test_seed_config_trains_and_writes_kohya_files(tiny_model, data, tmp_path):
