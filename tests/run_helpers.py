@@ -23,3 +23,18 @@ def assert_same_weights(a, b, parts):
         assert sa.keys() == sb.keys(), part
         different = [k for k in sa if not torch.equal(sa[k], sb[k])]
         assert not different, f"{part}: {different[:3]}"
+
+
+def sdxl_on_meta():
+    """SDXL base 1.0's UNet, VAE and two text encoders, built from the carried configs on the meta device (no
+    memory used, no weights): for checks of names, shapes and counts at full size."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from charlora.models import SDXL_CONFIG_DIR
+
+    with torch.device("meta"):
+        return (UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL_CONFIG_DIR / "unet")),
+                AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL_CONFIG_DIR / "vae")),
+                CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder")),
+                CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2")))

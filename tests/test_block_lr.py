@@ -7,18 +7,17 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors import safe_open
 
 from charlora.errors import ConfigError
 from charlora.lora import kohya_names
 from charlora.lora.targets import block_index
-from charlora.models import SDXL_CONFIG_DIR
 from charlora.params import load_config, normalize
 from charlora.params.block_lr import block_lr_weights
 from charlora.train import Step, train
 
 from dataset_helpers import pattern, save
+from run_helpers import sdxl_on_meta
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,10 +68,7 @@ def test_block_of_each_module_sd15_and_sdxl():
 
 def test_sdxl_base_modules_per_block_are_sd_scripts_count():
     """sd-scripts' enumeration of SDXL base: blocks 5, 6: 22 modules; 8, 9, 11, 13-15: 102; 16-18: 22."""
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL_CONFIG_DIR / "unet"))
+    unet = sdxl_on_meta()[0]
     counts = {}
     for name in kohya_names(unet, None):
         counts[block_index(name, True)] = counts.get(block_index(name, True), 0) + 1

@@ -4,28 +4,16 @@ from an SDXL file's header, the presets against 12 and 16 GB cards, and what it 
 import math
 from pathlib import Path
 
-import torch
-
 from charlora import vram_estimate as ve
-from charlora.models import SDXL_CONFIG_DIR
 from charlora.models.loading import load_base_model
 from charlora.params import load_config, normalize
 from charlora.vram import model_sizes as vm
 from charlora.vram.model_sizes import GIB
 
+from run_helpers import sdxl_on_meta
+
 KEY = lambda t: (t.part, t.in_features, t.out_features, t.conv)  # noqa: E731
 PRESETS = Path(__file__).resolve().parents[1] / "presets"
-
-
-def sdxl_on_meta():
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    with torch.device("meta"):
-        return (UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL_CONFIG_DIR / "unet")),
-                AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL_CONFIG_DIR / "vae")),
-                CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder")),
-                CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2")))
 
 
 def numel(model) -> int:

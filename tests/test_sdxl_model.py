@@ -9,12 +9,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from charlora.errors import ModelLoadError
-from charlora.models import SD15, SDXL, SDXL_CONFIG_DIR, family_of
+from charlora.models import SD15, SDXL, family_of
 from charlora.models.checkpoint_file import describe_checkpoint
 from charlora.models.loading import load_base_model
 from charlora.models.sdxl_layout import diffusers_to_sgm
 
-from run_helpers import assert_same_weights
+from run_helpers import assert_same_weights, sdxl_on_meta
 
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -36,16 +36,7 @@ def metadata(tiny_sdxl):
 
 @pytest.fixture(scope="module")
 def sdxl_meta_models():
-    """SDXL base 1.0's four models built from the carried configs on the meta device (no memory used)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL_CONFIG_DIR / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL_CONFIG_DIR / "vae"))
-        te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder"))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2"))
-    return unet, vae, te1, te2
+    return sdxl_on_meta()
 
 
 def test_single_file_and_folder_load_the_same_sdxl(tiny_sdxl, no_network):

@@ -13,14 +13,13 @@ from safetensors.torch import load_file
 
 from charlora.errors import CharLoRAError
 from charlora.lora import LoRANetwork, LoRASettings, kohya_names, load_lora_weights
-from charlora.models import SDXL_CONFIG_DIR
 from charlora.models.loading import load_base_model
 from charlora.errors import ConfigError
 from charlora.params import load_config, normalize
 from charlora.train import RunStarted, Step, StopRequest, train
 
 from dataset_helpers import pattern, save
-from run_helpers import Recorder
+from run_helpers import Recorder, sdxl_on_meta
 
 REPO = Path(__file__).resolve().parents[1]
 UNET_LEAVES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q",
@@ -76,13 +75,7 @@ def expected_sdxl_names(single_file) -> set:
 
 
 def test_names_on_sdxl_base_are_the_ones_sd_scripts_gives():
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL_CONFIG_DIR / "unet"))
-        te1 = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder"))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG_DIR / "text_encoder_2"))
+    unet, _, te1, te2 = sdxl_on_meta()
     names = kohya_names(unet, te1, te2)
     fixture = REPO / "tests" / "fixtures" / "kohya-sdxl-base-lora-names.txt"
     kohya = {line for line in fixture.read_text().split("\n") if line and not line.startswith("#")}
